@@ -1,0 +1,214 @@
+"""Project configuration: ``segpipe.yaml`` validated by pydantic.
+
+A user adapts segpipe to their own data by editing this one file. Every model is frozen and
+rejects unknown keys, so a typo fails fast with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segpipe.contract import (
+    CANONICAL_INPUT_COLUMNS,
+    DEFAULT_EVENT_TYPES,
+    SOURCES,
+)
+
+CONFIG_ENV = "SEGPIPE_CONFIG"
+DEFAULT_CONFIG_NAME = "segpipe.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing or invalid; the message names the file and the key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Model):
+    """One behavioral source: where its files are and how their columns map to the contract."""
+
+    path: str = Field(description="File path or glob, relative to the config file's folder.")
+    format: Literal["csv", "parquet", "jsonl"] = Field(description="File format.")
+    columns: dict[str, str] = Field(
+        description="Canonical column -> column in the source file (see the data contract)."
+    )
+    timezone: str = Field(
+        default="UTC", description="Time zone of naive timestamps in this source (IANA name)."
+    )
+    event_types: dict[str, str] | None = Field(
+        default=None,
+        description="Raw event type value -> canonical event type; defaults per source.",
+    )
+    csv_separator: str = Field(default=",", description="Field separator of CSV files.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, columns: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(columns) - set(CANONICAL_INPUT_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"unknown canonical column(s) {unknown}; expected some of {list(CANONICAL_INPUT_COLUMNS)}"
+            )
+        if "event_time" not in columns:
+            raise ValueError("the mapping must name the source column for 'event_time'")
+        if not {"customer_id", "email", "user_id", "anonymous_id"} & set(columns):
+            raise ValueError(
+                "the mapping must name at least one identifier column: "
+                "customer_id, email, user_id or anonymous_id"
+            )
+        return columns
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, tz: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {tz!r}") from exc
+        return tz
+
+
+class FeaturesConfig(_Model):
+    """Feature store settings (filled in by the feature-store work)."""
+
+    lapsed_after_days: int = Field(default=90, ge=1, description="Days without activity to count as lapsed.")
+
+
+class ClusteringConfig(_Model):
+    """Behavioral clustering with k-means and automatic k."""
+
+    features: list[str] = Field(
+        default=["recency_days", "orders_lifetime", "revenue_lifetime", "avg_order_value",
+                 "orders_365d", "revenue_365d"],
+        description="Feature columns the clustering uses (log1p + robust scaling).",
+    )
+    k_min: int = Field(default=3, ge=2, description="Smallest k tried.")
+    k_max: int = Field(default=8, ge=2, description="Largest k tried.")
+    silhouette_sample: int = Field(default=20_000, ge=100, description="Rows sampled for silhouette.")
+    min_segment_share: float = Field(
+        default=0.02, ge=0, lt=0.5, description="A k whose smallest cluster is below this share is rejected."
+    )
+    random_state: int = Field(default=42, description="Seed for k-means and sampling.")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> ClusteringConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+        return self
+
+
+class SegmentsConfig(_Model):
+    """Segmentation schemes (RFM, rules, lifecycle, clusters)."""
+
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+
+
+class DriftConfig(_Model):
+    """Drift thresholds (filled in by the drift work)."""
+
+    psi_warn: float = Field(default=0.1, ge=0)
+    psi_alert: float = Field(default=0.25, ge=0)
+
+
+class SegpipeConfig(_Model):
+    """The whole project file."""
+
+    first_month: str = Field(description="First month of history, 'YYYY-MM'.")
+    lake_dir: str = Field(default="data/lake", description="Local Parquet lake, relative to the config file.")
+    sources: dict[str, SourceConfig] = Field(description="Any subset of: orders, product, email, web.")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    playbook: dict[str, str] = Field(default_factory=dict, description="Segment name -> action.")
+    base_dir: str = Field(default=".", description="Folder relative paths resolve against (set by the loader).")
+
+    @field_validator("first_month")
+    @classmethod
+    def _month(cls, value: str) -> str:
+        try:
+            dt.datetime.strptime(value, "%Y-%m")
+        except ValueError as exc:
+            raise ValueError(f"expected 'YYYY-MM', got {value!r}") from exc
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, sources: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        unknown = sorted(set(sources) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}; expected some of {list(SOURCES)}")
+        if not sources:
+            raise ValueError("configure at least one source")
+        if "orders" in sources and "amount" not in sources["orders"].columns:
+            raise ValueError("orders.columns must map 'amount' (the order value)")
+        return sources
+
+    # -- derived paths -------------------------------------------------------------------------
+    @property
+    def first_month_start(self) -> dt.datetime:
+        return dt.datetime.strptime(self.first_month, "%Y-%m").replace(tzinfo=dt.timezone.utc)
+
+    @property
+    def lake_path(self) -> Path:
+        return resolve(self.base_dir, self.lake_dir)
+
+    def source_glob(self, name: str) -> str:
+        return str(resolve(self.base_dir, self.sources[name].path))
+
+    def event_type_map(self, name: str) -> dict[str, str]:
+        src = self.sources[name]
+        return dict(src.event_types) if src.event_types is not None else dict(DEFAULT_EVENT_TYPES[name])
+
+
+def resolve(base_dir: str | Path, path: str) -> Path:
+    """Resolve ``path`` against ``base_dir`` unless it is absolute (``~`` expanded)."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else (Path(base_dir) / p).resolve()
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    """The config file in use: explicit path, else ``$SEGPIPE_CONFIG``, else ``./segpipe.yaml``."""
+    if path is not None:
+        return Path(path).resolve()
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env).resolve() if env else (Path.cwd() / DEFAULT_CONFIG_NAME).resolve()
+
+
+def parse_config(data: dict, *, base_dir: str | Path = ".", origin: str = "<config>") -> SegpipeConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming each bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    data = {**data, "base_dir": str(Path(base_dir).resolve())}
+    try:
+        return SegpipeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            msg = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise ConfigError(f"{origin}: invalid configuration\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(path: str | Path | None = None) -> SegpipeConfig:
+    """Load and validate the project config (see :func:`config_path` for which file)."""
+    p = config_path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"config file not found: {p} (set {CONFIG_ENV} or run from the folder holding {DEFAULT_CONFIG_NAME})"
+        )
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data or {}, base_dir=p.parent, origin=str(p))

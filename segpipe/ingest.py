@@ -1,0 +1,317 @@
+"""Ingestion: map a source's columns to the contract, validate, pseudonymize, quarantine, dedupe.
+
+The unit of work is one source and a set of months. Every row read from the source's files is
+given a *home month*: the month of its event time when that time is valid, else the dominant month
+of its file (so a row whose time cannot be placed is quarantined exactly once, in the month the rest
+of its file belongs to; the first month when the file has no valid row). A run for month M then
+accounts for exactly the rows whose home is M:
+
+    rows_read == rows_kept + rows_quarantined + duplicates_removed
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from segpipe.config import SegpipeConfig, SourceConfig
+from segpipe.contract import (
+    CONSTANT_EVENT_TYPE,
+    DIRECT_IDENTIFIERS,
+    INGESTED_SCHEMA,
+    QUARANTINE_SCHEMA,
+)
+from segpipe.readers import RawFile, list_source_files, read_source_file, redact
+from segpipe.timeutil import month_start, next_month
+
+#: Which identifier every row of a source must carry, in order of preference, when the
+#: config does not say.
+_KEY_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "orders": ("customer_id", "email", "user_id", "anonymous_id"),
+    "product": ("user_id", "customer_id", "email", "anonymous_id"),
+    "email": ("email", "customer_id", "user_id", "anonymous_id"),
+    "web": ("anonymous_id", "customer_id", "user_id", "email"),
+}
+_TIME_FORMATS_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
+_TIME_FORMATS_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+_CONTENT_COLUMNS = [c for c in INGESTED_SCHEMA if c not in ("source_file", "source_row")]
+
+
+@dataclass(frozen=True)
+class MonthIngest:
+    """What ingestion produced for one source and month."""
+
+    month: str  # "YYYY-MM-01" partition key
+    events: pl.DataFrame  # INGESTED_SCHEMA, sorted
+    quarantine: pl.DataFrame  # QUARANTINE_SCHEMA, sorted
+    rows_read: int
+    duplicates: int
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def rows_kept(self) -> int:
+        return self.events.height
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.quarantine.height
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == self.rows_kept + self.rows_quarantined + self.duplicates
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "rows_quarantined": self.rows_quarantined,
+            "duplicates_removed": self.duplicates,
+        }
+
+
+def key_column(source: str, cfg: SourceConfig) -> str:
+    """The identifier column every row of this source must have."""
+    return next(c for c in _KEY_PREFERENCE[source] if c in cfg.columns)
+
+
+def pseudonymize(values: pl.Series, key: bytes) -> pl.Series:
+    """Keyed hash (HMAC-SHA256, first 32 hex chars) of normalised (trimmed, lower-case) values.
+
+    Null and empty values stay null. Each distinct value is hashed once.
+    """
+    norm = values.cast(pl.String).str.strip_chars().str.to_lowercase()
+    uniq = norm.drop_nulls().unique()
+    uniq = uniq.filter(uniq.str.len_chars() > 0)
+    mapping = pl.DataFrame(
+        {
+            "v": uniq,
+            "h": [hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest()[:32] for v in uniq.to_list()],
+        },
+        schema={"v": pl.String, "h": pl.String},
+    )
+    out = pl.DataFrame({"v": norm}).join(mapping, on="v", how="left", maintain_order="left")
+    return out["h"].alias(values.name)
+
+
+def _stable_row_hash(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
+    joined = frame.select(
+        pl.concat_str([pl.col(c).cast(pl.String).fill_null("\x00") for c in columns], separator="\x1f")
+    ).to_series()
+    return pl.Series(
+        "event_id", ["h" + hashlib.blake2b(s.encode(), digest_size=10).hexdigest() for s in joined.to_list()]
+    )
+
+
+def _parse_time(col: pl.Expr, dtype: pl.DataType, tz: str) -> pl.Expr:
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            return col.dt.cast_time_unit("us").dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+        return col.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
+    if isinstance(dtype, pl.Date):
+        return col.cast(pl.Datetime("us")).dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+    s = col.cast(pl.String).str.strip_chars()
+    aware = [s.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC") for f in _TIME_FORMATS_AWARE]
+    naive = [
+        s.str.to_datetime(f, strict=False, time_unit="us")
+        .dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+        for f in _TIME_FORMATS_NAIVE
+    ]
+    return pl.coalesce(*aware, *naive)
+
+
+def normalize_file(
+    raw: RawFile, *, source: str, cfg: SourceConfig, event_types: dict[str, str],
+    first_month: dt.datetime, key: bytes,
+) -> pl.DataFrame:
+    """Map one file's rows to the ingested schema plus ``reason`` (null when valid) and ``raw``.
+
+    ``raw`` holds the source values as JSON (email-shaped text redacted), for quarantine rows.
+    """
+    m = cfg.columns
+    f = raw.frame
+    src_cols = list(dict.fromkeys(m.values()))
+    f = f.with_columns(
+        redact(pl.struct([pl.col(c).cast(pl.String) for c in src_cols]).struct.json_encode()).alias("__raw")
+    )
+
+    def text(canon: str) -> pl.Expr:
+        if canon not in m:
+            return pl.lit(None, dtype=pl.String)
+        e = pl.col(m[canon]).cast(pl.String).str.strip_chars()
+        return pl.when(e.str.len_chars() > 0).then(e).otherwise(None)
+
+    time_dtype = f.schema[m["event_time"]]
+    raw_time = pl.col(m["event_time"])
+    out = f.select(
+        text("event_id").alias("event_id"),
+        text("customer_id").alias("customer_ref"),
+        text("email").alias("__email"),
+        text("phone").alias("__phone"),
+        text("user_id").alias("user_id"),
+        text("anonymous_id").alias("anonymous_id"),
+        _parse_time(raw_time, time_dtype, cfg.timezone).alias("event_time"),
+        raw_time.cast(pl.String).alias("__raw_time"),
+        (text("event_type") if "event_type" in m else pl.lit(CONSTANT_EVENT_TYPE.get(source))).alias("__raw_type"),
+        text("amount").alias("__amount"),
+        text("quantity").alias("__quantity"),
+        text("category").str.to_lowercase().alias("category"),
+        text("channel").str.to_lowercase().alias("channel"),
+        text("detail").alias("detail"),
+        pl.col("source_row"),
+        pl.col("__raw"),
+    )
+    amount_num = pl.col("__amount").str.replace_all(",", "").cast(pl.Float64, strict=False)
+    qty_num = pl.col("__quantity").cast(pl.Float64, strict=False)
+    type_map = pl.DataFrame({"__raw_type": list(event_types), "event_type": list(event_types.values())})
+    out = out.with_columns(
+        amount=amount_num,
+        quantity=qty_num.cast(pl.Int64, strict=False),
+        email_hash=pseudonymize(out["__email"], key),
+        phone_hash=pseudonymize(out["__phone"], key),
+        source=pl.lit(source),
+        source_file=pl.lit(raw.path),
+    ).join(type_map, on="__raw_type", how="left", maintain_order="left")
+
+    kcol = {"customer_id": "customer_ref", "email": "__email", "phone": "__phone"}.get(
+        key_column(source, cfg), key_column(source, cfg)
+    )
+    future_after = dt.datetime.fromtimestamp(raw.mtime, tz=dt.timezone.utc)
+    is_orders = source == "orders"
+    reason = (
+        pl.when(pl.col(kcol).is_null())
+        .then(pl.lit(f"missing {key_column(source, cfg)} (column {m[key_column(source, cfg)]!r})"))
+        .when(pl.col("__raw_time").is_null() | (pl.col("__raw_time").str.strip_chars() == ""))
+        .then(pl.lit(f"missing event_time (column {m['event_time']!r})"))
+        .when(pl.col("event_time").is_null())
+        .then(pl.format("unparseable event_time {} (column {})", pl.col("__raw_time"), pl.lit(repr(m["event_time"]))))
+        .when(pl.col("event_time") < first_month)
+        .then(pl.lit(f"event_time before the first month {first_month:%Y-%m}"))
+        .when(pl.col("event_time") > future_after)
+        .then(pl.lit(f"event_time in the future (after the file was written, {future_after:%Y-%m-%d %H:%M} UTC)"))
+        .when(pl.col("__raw_type").is_null())
+        .then(pl.lit("missing event_type"))
+        .when(pl.col("event_type").is_null())
+        .then(pl.format("unknown event_type {}", pl.col("__raw_type")))
+        .when(pl.col("__amount").is_not_null() & pl.col("amount").is_null())
+        .then(pl.format("amount is not a number: {}", pl.col("__amount")))
+        .when(pl.col("amount") < 0)
+        .then(pl.lit("negative amount"))
+        .when(pl.lit(is_orders) & pl.col("amount").is_null() & (pl.col("event_type") == "order"))
+        .then(pl.lit("missing amount on an order"))
+        .when(pl.col("__quantity").is_not_null() & (qty_num.is_null() | (qty_num != qty_num.round(0))))
+        .then(pl.format("quantity is not an integer: {}", pl.col("__quantity")))
+        .when(pl.col("quantity") < 0)
+        .then(pl.lit("negative quantity"))
+        .otherwise(None)
+    )
+    out = out.with_columns(reason=reason)
+    if "event_id" not in m:
+        out = out.with_columns(event_id=_stable_row_hash(out, ["__raw"]))
+    return out.select(*INGESTED_SCHEMA, "reason", pl.col("__raw").alias("raw")).cast(
+        {k: v for k, v in INGESTED_SCHEMA.items()}
+    )
+
+
+def _home_months(frame: pl.DataFrame, first_month: dt.datetime) -> pl.DataFrame:
+    """Attach ``home`` (Date, first of month) to each row, see the module docstring."""
+    valid_month = pl.when(pl.col("reason").is_null()).then(pl.col("event_time").dt.truncate("1mo").dt.date())
+    frame = frame.with_columns(valid_month.alias("__vm"))
+    dominant = (
+        frame.filter(pl.col("__vm").is_not_null())
+        .group_by("source_file", "__vm")
+        .len()
+        .sort(["source_file", "len", "__vm"], descending=[False, True, False])
+        .unique("source_file", keep="first", maintain_order=True)
+        .select("source_file", pl.col("__vm").alias("__dominant"))
+    )
+    frame = frame.join(dominant, on="source_file", how="left", maintain_order="left")
+    return frame.with_columns(
+        home=pl.coalesce("__vm", "__dominant", pl.lit(first_month.date())),
+    ).drop("__vm", "__dominant")
+
+
+def ingest_source(
+    config: SegpipeConfig, source: str, months: list[str], *, key: bytes
+) -> dict[str, MonthIngest]:
+    """Ingest ``source`` for the given partition keys ("YYYY-MM-01"); one pass over its files.
+
+    Raises
+    ------
+    SourceError
+        When no file matches, a file cannot be read or lacks a mapped column.
+    """
+    cfg = config.sources[source]
+    files = list_source_files(config.source_glob(source), source=source)
+    first = config.first_month_start
+    wanted = sorted({month_start(m).date() for m in months})
+    types = config.event_type_map(source)
+    frames: list[pl.DataFrame] = []
+    malformed: list[pl.DataFrame] = []
+    for path in files:
+        raw = read_source_file(
+            path, fmt=cfg.format, columns=list(dict.fromkeys(cfg.columns.values())),
+            source=source, separator=cfg.csv_separator,
+        )
+        norm = normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key)
+        frames.append(norm)
+        bad = raw.malformed
+        if bad.height:
+            # Lines that could not even be parsed belong to their file's home month.
+            dom = norm.filter(pl.col("reason").is_null())["event_time"].dt.truncate("1mo").dt.date()
+            home = dom.mode().sort().first() if dom.len() else first.date()
+            malformed.append(bad.with_columns(home=pl.lit(home, dtype=pl.Date)))
+    allrows = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
+        schema={**INGESTED_SCHEMA, "reason": pl.String, "raw": pl.String}
+    )
+    allrows = _home_months(allrows, first).filter(pl.col("home").is_in(wanted))
+    bad_lines = (
+        pl.concat(malformed).filter(pl.col("home").is_in(wanted)) if malformed
+        else pl.DataFrame(schema={**QUARANTINE_SCHEMA, "home": pl.Date})
+    )
+
+    results: dict[str, MonthIngest] = {}
+    for month in wanted:
+        rows = allrows.filter(pl.col("home") == month)
+        lines = bad_lines.filter(pl.col("home") == month).drop("home")
+        valid = rows.filter(pl.col("reason").is_null())
+        invalid = rows.filter(pl.col("reason").is_not_null())
+        # Exact duplicates: identical content (wherever it was read from); keep the first read.
+        valid = valid.sort("source_file", "source_row")
+        deduped = valid.unique(subset=_CONTENT_COLUMNS, keep="first", maintain_order=True)
+        dups = valid.height - deduped.height
+        # The same event_id with different content is a conflict, not a duplicate: keep the first.
+        conflict = deduped.select(pl.int_range(pl.len()).over("event_id") > 0).to_series()
+        conflicts = deduped.filter(conflict).with_columns(
+            reason=pl.format("event_id {} repeats with different content", pl.col("event_id"))
+        )
+        deduped = deduped.filter(~conflict)
+        quarantine = pl.concat(
+            [
+                lines,
+                pl.concat([invalid, conflicts]).select(
+                    pl.col("source").cast(QUARANTINE_SCHEMA["source"]), "source_file", "source_row", "reason", "raw"
+                ),
+            ]
+        ).sort("source_file", "source_row")
+        events = deduped.select(list(INGESTED_SCHEMA)).sort("event_time", "event_id")
+        key_str = month.strftime("%Y-%m-%d")
+        results[key_str] = MonthIngest(
+            month=key_str,
+            events=events,
+            quarantine=quarantine,
+            rows_read=rows.height + lines.height,
+            duplicates=dups,
+            files=files,
+        )
+    return results
+
+
+def month_bounds(partition_key: str) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of a monthly partition, in UTC."""
+    start = month_start(partition_key)
+    return start, next_month(start)
