@@ -165,7 +165,13 @@ def normalize_file(
         pl.col("source_row"),
         pl.col("__raw"),
     )
-    amount_num = pl.col("__amount").str.replace_all(",", "").cast(pl.Float64, strict=False)
+    # "1,234.50" (comma thousands separators in groups of three) is read as 1234.5; any other
+    # comma ("1,5") is ambiguous and quarantined as not a number.
+    thousands = pl.col("__amount").str.contains(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
+    amount_num = (
+        pl.when(thousands).then(pl.col("__amount").str.replace_all(",", "")).otherwise(pl.col("__amount"))
+        .cast(pl.Float64, strict=False)
+    )
     qty_num = pl.col("__quantity").cast(pl.Float64, strict=False)
     type_map = pl.DataFrame({"__raw_type": list(event_types), "event_type": list(event_types.values())})
     out = out.with_columns(
@@ -209,17 +215,26 @@ def normalize_file(
         .then(pl.lit("negative quantity"))
         .otherwise(None)
     )
-    out = out.with_columns(reason=reason)
+    placeable = (
+        pl.col("event_time").is_not_null()
+        & (pl.col("event_time") >= first_month)
+        & (pl.col("event_time") <= future_after)
+    )
+    out = out.with_columns(reason=reason, placeable=placeable)
     if "event_id" not in m:
         out = out.with_columns(event_id=_stable_row_hash(out, ["__raw"]))
-    return out.select(*INGESTED_SCHEMA, "reason", pl.col("__raw").alias("raw")).cast(
+    return out.select(*INGESTED_SCHEMA, "reason", "placeable", pl.col("__raw").alias("raw")).cast(
         {k: v for k, v in INGESTED_SCHEMA.items()}
     )
 
 
 def _home_months(frame: pl.DataFrame, first_month: dt.datetime) -> pl.DataFrame:
-    """Attach ``home`` (Date, first of month) to each row, see the module docstring."""
-    valid_month = pl.when(pl.col("reason").is_null()).then(pl.col("event_time").dt.truncate("1mo").dt.date())
+    """Attach ``home`` (Date, first of month) to each row, see the module docstring.
+
+    A row is placeable when its event time parses and lies between the first month and the time
+    its file was written; it then lives in its event month even when invalid for another reason.
+    """
+    valid_month = pl.when(pl.col("placeable")).then(pl.col("event_time").dt.truncate("1mo").dt.date())
     frame = frame.with_columns(valid_month.alias("__vm"))
     dominant = (
         frame.filter(pl.col("__vm").is_not_null())
@@ -262,11 +277,11 @@ def ingest_source(
         bad = raw.malformed
         if bad.height:
             # Lines that could not even be parsed belong to their file's home month.
-            dom = norm.filter(pl.col("reason").is_null())["event_time"].dt.truncate("1mo").dt.date()
+            dom = norm.filter(pl.col("placeable"))["event_time"].dt.truncate("1mo").dt.date()
             home = dom.mode().sort().first() if dom.len() else first.date()
             malformed.append(bad.with_columns(home=pl.lit(home, dtype=pl.Date)))
     allrows = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
-        schema={**INGESTED_SCHEMA, "reason": pl.String, "raw": pl.String}
+        schema={**INGESTED_SCHEMA, "reason": pl.String, "placeable": pl.Boolean, "raw": pl.String}
     )
     allrows = _home_months(allrows, first).filter(pl.col("home").is_in(wanted))
     bad_lines = (

@@ -1,0 +1,262 @@
+"""The ``segpipe`` command: sample data, runs through Dagster, the UI and segment summaries.
+
+``segpipe/`` never imports dagster at module level; the ``run`` and ``ui`` commands import the
+Dagster code location lazily, because they are the bridge between the library and Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from segpipe.config import ConfigError, SegpipeConfig, load_config
+from segpipe.lake import asset_path
+from segpipe.readers import SourceError
+from segpipe.timeutil import month_key, month_range
+
+DAGSTER_YAML = """\
+# Embedded Dagster instance for segpipe (git-ignored). SQLite storage under this folder.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def dagster_home(config: SegpipeConfig) -> Path:
+    """The instance folder: ``$DAGSTER_HOME`` or ``.dagster_home`` beside the config; created with
+    telemetry and the first-run tour off."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path(config.base_dir) / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    yaml_path = home / "dagster.yaml"
+    if not yaml_path.exists():
+        yaml_path.write_text(DAGSTER_YAML, encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+# -- sample ---------------------------------------------------------------------------------------
+def cmd_sample(args: argparse.Namespace, config: SegpipeConfig | None) -> int:
+    from segpipe.sample import generate_sample
+
+    base = Path(config.base_dir) if config else Path.cwd()
+    out = Path(args.out) if args.out else base / "data" / "sample"
+    if args.if_missing and (out / "manifest.json").is_file():
+        print(f"sample data present in {out} (use --force to regenerate)")
+        return 0
+    t0 = time.perf_counter()
+    manifest = generate_sample(
+        out, customers=args.customers, months=args.months, start=args.start, seed=args.seed
+    )
+    rows = manifest.get("rows", {})
+    total = {s: sum(v.values()) if isinstance(v, dict) else v for s, v in rows.items()}
+    print(f"sample written to {out} in {time.perf_counter() - t0:.1f}s: " +
+          ", ".join(f"{s}={n:,}" for s, n in total.items()))
+    return 0
+
+
+# -- run ------------------------------------------------------------------------------------------
+def _progress_hooks(t0: float):
+    import dagster as dg
+
+    @dg.success_hook(name="segpipe_progress_ok")
+    def ok(context: dg.HookContext) -> None:
+        print(f"  [{time.perf_counter() - t0:7.1f}s] done    {context.op.name}", flush=True)
+
+    @dg.failure_hook(name="segpipe_progress_failed")
+    def failed(context: dg.HookContext) -> None:
+        err = context.op_exception
+        print(f"  [{time.perf_counter() - t0:7.1f}s] FAILED  {context.op.name}: {err}", flush=True)
+
+    return {ok, failed}
+
+
+def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: bool = True) -> bool:
+    """Materialize every asset for months ``first``..``last`` in one Dagster run (in dependency
+    order, each asset handling the whole range) on the project instance; True on success."""
+    import dagster as dg
+
+    from assets.definitions import build_definitions
+    from schedules import REFRESH_JOB
+
+    defs = build_definitions(config_file)
+    t0 = time.perf_counter()
+    job = dg.define_asset_job(
+        REFRESH_JOB, selection=dg.AssetSelection.all(), hooks=_progress_hooks(t0),
+        partitions_def=defs.resolve_job_def(REFRESH_JOB).partitions_def,
+    )
+    job_def = dg.Definitions.merge(
+        dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=[job], executor=defs.executor)
+    ).resolve_job_def(REFRESH_JOB)
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet_logs else "INFO"}}}}
+    with dg.DagsterInstance.get() as instance:
+        result = job_def.execute_in_process(
+            instance=instance,
+            run_config=run_config,
+            tags={
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+                "segpipe/launched_by": "segpipe run",
+            },
+            raise_on_error=False,
+        )
+        print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
+              f"in {time.perf_counter() - t0:.1f}s (see it in the UI: make ui)")
+        for ev in result.all_events:
+            if ev.event_type_value == "ASSET_CHECK_EVALUATION":
+                data = ev.event_specific_data.evaluation
+                if not data.passed:
+                    print(f"  check FAILED: {data.asset_key.to_user_string()} {data.check_name}")
+    return result.success
+
+
+def _print_table(frame: pl.DataFrame) -> None:
+    with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160, fmt_str_lengths=60,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_type=True):
+        print(frame)
+
+
+def print_summary(config: SegpipeConfig, month: str) -> bool:
+    """Print the segment summary and the ingestion accounting of ``month``; False if not built."""
+    key = month_key(month)
+    lake = config.lake_path
+    prof_path = asset_path(lake, "segment_profiles", key)
+    if not prof_path.is_file():
+        print(f"no segments for {key[:7]}: {prof_path} does not exist (run: segpipe run --from {key[:7]} --to {key[:7]})")
+        return False
+    acc = []
+    for s in config.sources:
+        p, q = asset_path(lake, f"{s}_ingested", key), asset_path(lake, f"{s}_quarantine", key)
+        if p.is_file():
+            acc.append({"source": s, "rows_kept": pl.scan_parquet(p).select(pl.len()).collect().item(),
+                        "rows_quarantined": pl.scan_parquet(q).select(pl.len()).collect().item() if q.is_file() else 0})
+    if acc:
+        print(f"\nIngestion, {key[:7]}:")
+        _print_table(pl.DataFrame(acc))
+    prof = pl.read_parquet(prof_path)
+    print(f"\nSegments, snapshot {key[:7]} ({int(prof['customers'].sum()):,} customers):")
+    _print_table(prof.select(
+        pl.col("segment_id").alias("id"), pl.col("segment_name").alias("segment"), "customers",
+        (pl.col("share_customers") * 100).round(1).alias("% customers"),
+        (pl.col("share_revenue") * 100).round(1).alias("% revenue"),
+        pl.col("median_orders").alias("med. orders"),
+        pl.col("median_recency_days").round(0).alias("med. recency d"),
+        pl.col("playbook_action").alias("action"),
+    ))
+    return True
+
+
+def cmd_run(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) -> int:
+    from assets.partitions import monthly_partitions
+
+    dagster_home(config)
+    parts = monthly_partitions(config)
+    last_key = parts.get_last_partition_key()
+    if last_key is None:
+        raise ConfigError(f"first_month {config.first_month} has no complete month yet")
+    first = month_key(args.from_month) if args.from_month else parts.get_first_partition_key()
+    last = month_key(args.to_month) if args.to_month else last_key
+    valid = set(parts.get_partition_keys())
+    for label, k in (("--from", first), ("--to", last)):
+        if k not in valid:
+            raise ConfigError(f"{label} {k[:7]}: not a partition (months {config.first_month} to {last_key[:7]})")
+    if first > last:
+        raise ConfigError(f"--from {first[:7]} is after --to {last[:7]}")
+    print(f"segpipe run: {len(month_range(first, last))} month(s) {first[:7]} .. {last[:7]}, "
+          f"lake {config.lake_path}, instance {os.environ['DAGSTER_HOME']}")
+    ok = run_pipeline(config_file, first, last)
+    if ok:
+        print_summary(config, last)
+    return 0 if ok else 1
+
+
+def cmd_show(args: argparse.Namespace, config: SegpipeConfig) -> int:
+    return 0 if print_summary(config, args.month) else 1
+
+
+# -- ui -------------------------------------------------------------------------------------------
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def cmd_ui(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) -> int:
+    home = dagster_home(config)
+    if port_in_use(args.host, args.port):
+        print(f"segpipe ui: port {args.port} on {args.host} is already in use; pick another with --port",
+              file=sys.stderr)
+        return 2
+    root = Path(config.base_dir)
+    workspace = root / "workspace.yaml"
+    if not workspace.is_file():
+        workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    env = {**os.environ, "SEGPIPE_CONFIG": str(config_file), "DAGSTER_HOME": str(home)}
+    dagster = Path(sys.executable).with_name("dagster")
+    cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-w", str(workspace),
+           "-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI: http://{args.host}:{args.port}  (instance {home}; Ctrl-C stops)", flush=True)
+    os.chdir(workspace.parent)
+    os.execvpe(cmd[0], cmd, env)  # replaces this process: Ctrl-C reaches dagster dev directly
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segpipe", description="Behavioral customer segmentation on Dagster.")
+    p.add_argument("--config", help="config file (default: $SEGPIPE_CONFIG or ./segpipe.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="generate the deterministic sample data")
+    s.add_argument("--out", help="output folder (default: data/sample beside the config)")
+    s.add_argument("--customers", type=int, default=20_000)
+    s.add_argument("--months", type=int, default=24)
+    s.add_argument("--start", default="2024-11", help="first month, YYYY-MM")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--if-missing", action="store_true", help="do nothing when a sample is already there")
+    r = sub.add_parser("run", help="materialize every asset for a month range through Dagster")
+    r.add_argument("--from", dest="from_month", help="first month, YYYY-MM (default: first_month)")
+    r.add_argument("--to", dest="to_month", help="last month, YYYY-MM (default: last complete month)")
+    u = sub.add_parser("ui", help="start the Dagster webserver and daemon")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    u.add_argument("--port", type=int, default=3000)
+    sh = sub.add_parser("show", help="print the segment summary of a month")
+    sh.add_argument("month", help="YYYY-MM")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sample":
+            try:
+                config = load_config(args.config)
+            except ConfigError:
+                config = None
+            return cmd_sample(args, config)
+        from segpipe.config import config_path
+
+        config_file = config_path(args.config)
+        config = load_config(config_file)
+        if args.command == "run":
+            return cmd_run(args, config, config_file)
+        if args.command == "show":
+            return cmd_show(args, config)
+        if args.command == "ui":
+            return cmd_ui(args, config, config_file)
+    except (ConfigError, SourceError) as exc:
+        print(f"segpipe: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
