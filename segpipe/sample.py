@@ -452,6 +452,10 @@ def _build_population(rng: np.random.Generator, cal: _Calendar, customers: int, 
     last[lap] = np.minimum(first[lap] + rng.integers(3, 9, size=int(lap.sum())), months - 1)
     days = (cal.starts[first + 1] - cal.starts[first]) // SECS_DAY
     acq = cal.starts[first] + (rng.random(n) * np.minimum(days, 20) * SECS_DAY).astype(np.int64)
+    # customers active from month 0 (except the "new" ones) were acquired before the
+    # history starts: no welcome email, no acquisition bound on their month-0 activity
+    pre = (first == 0) & ~np.isin(arch, [NEW, NEWCOMER])
+    acq[pre] = cal.starts[0] - rng.integers(SECS_DAY, 730 * SECS_DAY, size=int(pre.sum()))
 
     # customer ids follow acquisition order ---------------------------------------------
     order = np.argsort(acq, kind="stable")
@@ -474,7 +478,7 @@ def _build_population(rng: np.random.Generator, cal: _Calendar, customers: int, 
     app_start = np.where(has_app, app_start, BIG)
     sfirst = np.minimum(app_start, months - 1)
     s0, s1 = cal.starts[sfirst], cal.starts[sfirst + 1]
-    lo = np.where(app_start == first, acq, s0)
+    lo = np.where(app_start == first, np.maximum(acq, s0), s0)
     signup = lo + (rng.random(n) * np.maximum(s1 - 2 * SECS_DAY - lo, 3600)).astype(np.int64)
     upgrade = app_start + rng.geometric(0.25, size=n)
     upgrade = np.where(has_app & (rng.random(n) < UPGRADE_P[arch]) & (upgrade <= last),
@@ -655,7 +659,7 @@ def _gen_orders(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
         bfc = rng.random(k) < 0.5
         code_idx = np.where(bfc, 6, code_idx)
         pct = np.where(bfc, 0.30, pct)
-    welcome = (pop.first[cust] == m) & (rng.random(k) < 0.5) & ~has_code
+    welcome = (pop.first[cust] == m) & (pop.acq[cust] >= m_start) & (rng.random(k) < 0.5) & ~has_code
     code_idx = np.where(welcome, 5, code_idx)
     pct = np.where(welcome, DISCOUNT_PCT["WELCOME5"], pct)
     has_code |= welcome
@@ -930,7 +934,7 @@ def _gen_email(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
     act = _activity(pop, m)
     blocks: list[tuple] = []
     # welcome (transactional) email to every customer acquired this month
-    new = np.flatnonzero(pop.first == m)
+    new = np.flatnonzero((pop.acq >= m_start) & (pop.acq < m_end))
     send = pop.acq[new] + rng.integers(60, 600, size=len(new))
     boost = np.full(len(new), 1.5)
     blocks.append(("welcome",) + _email_block(rng, pop, new, send, m_end - 1, act, boost,
