@@ -108,17 +108,15 @@ def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: 
         )
         print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
               f"in {time.perf_counter() - t0:.1f}s (see it in the UI: make ui)")
-        for ev in result.all_events:
-            if ev.event_type_value == "ASSET_CHECK_EVALUATION":
-                data = ev.event_specific_data.evaluation
-                if not data.passed:
-                    print(f"  check FAILED: {data.asset_key.to_user_string()} {data.check_name}")
+        for check in result.get_asset_check_evaluations():
+            if not check.passed:
+                print(f"  check FAILED: {check.asset_key.to_user_string()} {check.check_name}")
     return result.success
 
 
 def _print_table(frame: pl.DataFrame) -> None:
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160, fmt_str_lengths=60,
-                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_type=True):
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(frame)
 
 
