@@ -1,7 +1,7 @@
 """The ``segpipe`` command: sample data, runs through Dagster, the UI and segment summaries.
 
-``segpipe/`` never imports dagster at module level; the ``run`` and ``ui`` commands import the
-Dagster code location lazily, because they are the bridge between the library and Dagster.
+Importing any ``segpipe`` module never imports Dagster (tested). The ``run`` command hands over to
+``assets.runner``, the Dagster side, only when it is invoked.
 """
 
 from __future__ import annotations
@@ -62,58 +62,6 @@ def cmd_sample(args: argparse.Namespace, config: SegpipeConfig | None) -> int:
 
 
 # -- run ------------------------------------------------------------------------------------------
-def _progress_hooks(t0: float):
-    import dagster as dg
-
-    @dg.success_hook(name="segpipe_progress_ok")
-    def ok(context: dg.HookContext) -> None:
-        print(f"  [{time.perf_counter() - t0:7.1f}s] done    {context.op.name}", flush=True)
-
-    @dg.failure_hook(name="segpipe_progress_failed")
-    def failed(context: dg.HookContext) -> None:
-        err = context.op_exception
-        print(f"  [{time.perf_counter() - t0:7.1f}s] FAILED  {context.op.name}: {err}", flush=True)
-
-    return {ok, failed}
-
-
-def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: bool = True) -> bool:
-    """Materialize every asset for months ``first``..``last`` in one Dagster run (in dependency
-    order, each asset handling the whole range) on the project instance; True on success."""
-    import dagster as dg
-
-    from assets.definitions import build_definitions
-    from schedules import REFRESH_JOB
-
-    defs = build_definitions(config_file)
-    t0 = time.perf_counter()
-    job = dg.define_asset_job(
-        REFRESH_JOB, selection=dg.AssetSelection.all(), hooks=_progress_hooks(t0),
-        partitions_def=defs.resolve_job_def(REFRESH_JOB).partitions_def,
-    )
-    job_def = dg.Definitions.merge(
-        dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=[job], executor=defs.executor)
-    ).resolve_job_def(REFRESH_JOB)
-    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING" if quiet_logs else "INFO"}}}}
-    with dg.DagsterInstance.get() as instance:
-        result = job_def.execute_in_process(
-            instance=instance,
-            run_config=run_config,
-            tags={
-                "dagster/asset_partition_range_start": first,
-                "dagster/asset_partition_range_end": last,
-                "segpipe/launched_by": "segpipe run",
-            },
-            raise_on_error=False,
-        )
-        print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
-              f"in {time.perf_counter() - t0:.1f}s (see it in the UI: make ui)")
-        for check in result.get_asset_check_evaluations():
-            if not check.passed:
-                print(f"  check FAILED: {check.asset_key.to_user_string()} {check.check_name}")
-    return result.success
-
-
 def _print_table(frame: pl.DataFrame) -> None:
     with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160, fmt_str_lengths=60,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
@@ -168,6 +116,8 @@ def cmd_run(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) 
         raise ConfigError(f"--from {first[:7]} is after --to {last[:7]}")
     print(f"segpipe run: {len(month_range(first, last))} month(s) {first[:7]} .. {last[:7]}, "
           f"lake {config.lake_path}, instance {os.environ['DAGSTER_HOME']}")
+    from assets.runner import run_pipeline
+
     ok = run_pipeline(config_file, first, last)
     if ok:
         print_summary(config, last)

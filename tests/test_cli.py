@@ -76,3 +76,12 @@ def test_dagster_asset_materialize_partition_range(orders_project, tmp_path):
     for month in ("2025-01-01", "2025-02-01"):
         assert asset_path(lake, "segment_membership", month).is_file()
     assert pl.read_parquet(asset_path(lake, "orders_ingested", "2025-02-01")).height == 3
+
+
+def test_segpipe_library_never_imports_dagster():
+    code = ("import importlib, pkgutil, sys, segpipe\n"
+            "for m in pkgutil.iter_modules(segpipe.__path__):\n"
+            "    importlib.import_module('segpipe.' + m.name)\n"
+            "print('dagster' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.definitions import build_definitions
+from assets.build import build_definitions
 from segpipe import ingest as ingest_mod
 from segpipe.lake import asset_path
 
