@@ -7,7 +7,8 @@ import polars as pl
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
 from assets.partitions import HISTORY_TO_DATE, monthly_partitions
 from segpipe.config import SegpipeConfig
-from segpipe.features import FEATURE_DEFINITIONS, ROLLUP_SCHEMA, build_activity_rollup, build_rfm_features
+from segpipe.identity import IDENTITY_KINDS, customer_identity
+from segpipe.features import FEATURE_DEFINITIONS, FEATURE_SCHEMA, ROLLUP_SCHEMA, build_activity_rollup, build_rfm_features
 
 
 def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
@@ -41,22 +42,25 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         return out
 
     @dg.asset(
-        ins={"rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=HISTORY_TO_DATE)},
+        ins={"rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=HISTORY_TO_DATE),
+             "identity_map": dg.AssetIn("identity_map")},
         partitions_def=monthly,
         group_name="features",
         kinds={"polars", "parquet"},
         owners=[OWNER],
         backfill_policy=dg.BackfillPolicy.single_run(),
         metadata={"dagster/column_schema": column_schema(
-            {c: pl.Float64() for c in FEATURE_DEFINITIONS}, FEATURE_DEFINITIONS)},
+            FEATURE_SCHEMA, FEATURE_DEFINITIONS)},
     )
-    def customer_features(context: dg.AssetExecutionContext, rollups: dict[str, pl.LazyFrame]):
+    def customer_features(context: dg.AssetExecutionContext, rollups: dict[str, pl.LazyFrame],
+                          identity_map: dict[str, pl.LazyFrame]):
         """One row per customer seen up to the end of the month: RFM features as of the month's end."""
         out = {}
         for pk in partitions_of(context):
             require(rollups, pk, "customer_activity_monthly")
             history = pl.concat([lf for k, lf in rollups.items() if k <= pk])
-            feats = build_rfm_features(history, month=pk).collect().sort("customer_id")
+            identity = customer_identity(require(identity_map, pk, "identity_map"))
+            feats = build_rfm_features(history, identity, month=pk).collect().sort("customer_id")
             out[pk] = feats
             buyers = feats.filter(pl.col("orders_lifetime") > 0)
             context.add_asset_metadata(
@@ -64,6 +68,7 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                     "dagster/row_count": feats.height,
                     "customers": feats.height,
                     "buyers": buyers.height,
+                    **{f"identity_{k}": feats.filter(pl.col("identity") == k).height for k in IDENTITY_KINDS},
                     "revenue_lifetime": float(feats["revenue_lifetime"].sum()),
                     "median_recency_days": float(buyers["recency_days"].median() or 0.0),
                     "preview": preview(feats),

@@ -54,10 +54,9 @@ def cmd_sample(args: argparse.Namespace, config: SegpipeConfig | None) -> int:
     manifest = generate_sample(
         out, customers=args.customers, months=args.months, start=args.start, seed=args.seed
     )
-    rows = manifest.get("rows", {})
-    total = {s: sum(v.values()) if isinstance(v, dict) else v for s, v in rows.items()}
-    print(f"sample written to {out} in {time.perf_counter() - t0:.1f}s: " +
-          ", ".join(f"{s}={n:,}" for s, n in total.items()))
+    print(f"sample written to {out} in {time.perf_counter() - t0:.1f}s: "
+          + ", ".join(f"{s}={n:,} rows" for s, n in manifest["total_rows"].items())
+          + f"; {manifest['customers_total']:,} customers")
     return 0
 
 

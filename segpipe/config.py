@@ -94,7 +94,10 @@ class ClusteringConfig(_Model):
     )
     k_min: int = Field(default=3, ge=2, description="Smallest k tried.")
     k_max: int = Field(default=8, ge=2, description="Largest k tried.")
-    silhouette_sample: int = Field(default=20_000, ge=100, description="Rows sampled for silhouette.")
+    silhouette_sample: int = Field(
+        default=5_000, ge=100, le=20_000,
+        description="Rows sampled to score each k by silhouette (cost grows with its square).",
+    )
     min_segment_share: float = Field(
         default=0.02, ge=0, lt=0.5, description="A k whose smallest cluster is below this share is rejected."
     )

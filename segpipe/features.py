@@ -30,6 +30,7 @@ ROLLUP_SCHEMA: dict[str, pl.DataType] = {
 #: One-line definitions, shown in the UI as column descriptions and in the docs.
 FEATURE_DEFINITIONS: dict[str, str] = {
     "customer_id": "Stitched customer id.",
+    "identity": "customer (own customer id), contact (email/app account only) or anonymous (cookies only).",
     "snapshot_month": "Snapshot month (features as of the end of this month, UTC).",
     "first_seen": "Time of the customer's first event in any source.",
     "last_seen": "Time of the customer's last event in any source.",
@@ -44,6 +45,17 @@ FEATURE_DEFINITIONS: dict[str, str] = {
     "revenue_365d": "Revenue in the snapshot month and the eleven before (month-granular window).",
     "events_30d": "Events of any kind in the snapshot month.",
     "active_months_12": "Months with any event among the last 12 (incl. the snapshot month).",
+}
+
+_TS = pl.Datetime("us", "UTC")
+#: Types of the snapshot feature columns.
+FEATURE_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "identity": pl.String(), "snapshot_month": pl.Date(),
+    "first_seen": _TS, "last_seen": _TS, "tenure_days": pl.Float64(),
+    "days_since_last_activity": pl.Float64(), "recency_days": pl.Float64(),
+    "orders_lifetime": pl.Int64(), "revenue_lifetime": pl.Float64(), "avg_order_value": pl.Float64(),
+    "orders_90d": pl.Int64(), "orders_365d": pl.Int64(), "revenue_365d": pl.Float64(),
+    "events_30d": pl.Int64(), "active_months_12": pl.Int64(),
 }
 
 
@@ -70,8 +82,11 @@ def build_activity_rollup(events: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
     )
 
 
-def build_rfm_features(rollups: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
-    """RFM snapshot features as of the end of ``month`` from monthly rollups of months <= month."""
+def build_rfm_features(rollups: pl.LazyFrame, identity: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
+    """RFM snapshot features as of the end of ``month`` from monthly rollups of months <= month.
+
+    ``identity`` is :func:`segpipe.identity.customer_identity` of the month's identity map.
+    """
     start = month_start(month)
     end = next_month(start)
     as_of = pl.lit(end, dtype=pl.Datetime("us", "UTC"))
@@ -108,7 +123,10 @@ def build_rfm_features(rollups: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
             .otherwise(0.0)
             .alias("avg_order_value"),
         )
+        .join(identity, on="customer_id", how="left")
+        .with_columns(pl.col("identity").fill_null("anonymous"))
         .select(list(FEATURE_DEFINITIONS))
+        .cast(FEATURE_SCHEMA)
         .sort("customer_id")
     )
 

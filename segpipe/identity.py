@@ -137,3 +137,26 @@ def stitch_events(events: pl.LazyFrame, identity_map: pl.LazyFrame) -> pl.LazyFr
         looked_up.append(f"__cid_{c}")
     out = out.with_columns(customer_id=pl.coalesce("customer_ref", *looked_up))
     return out.drop([c for c in out.collect_schema().names() if c.startswith("__")])
+
+
+IDENTITY_KINDS = ("customer", "contact", "anonymous")
+
+
+def customer_identity(identity_map: pl.LazyFrame) -> pl.LazyFrame:
+    """Per customer id, how well it is known: ``customer`` (one of your own customer ids),
+    ``contact`` (an email, phone or app account, but no customer id) or ``anonymous`` (web
+    cookies only)."""
+    kind = pl.col("node").str.slice(0, 2)
+    return (
+        identity_map.group_by("customer_id")
+        .agg(
+            (kind == "c:").any().alias("__c"),
+            kind.is_in(["e:", "p:", "u:"]).any().alias("__k"),
+        )
+        .select(
+            "customer_id",
+            pl.when("__c").then(pl.lit("customer")).when("__k").then(pl.lit("contact"))
+            .otherwise(pl.lit("anonymous")).alias("identity"),
+        )
+        .sort("customer_id")
+    )

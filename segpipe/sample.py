@@ -426,8 +426,8 @@ def _archetype_counts(customers: int) -> dict[str, int]:
     return counts
 
 
-def _build_population(rng: np.random.Generator, cal: _Calendar, customers: int, months: int,
-                      keys: dict[str, int]) -> _Population:
+def _build_population(rng: np.random.Generator, cal: _Calendar, customers: int,
+                      months: int) -> _Population:
     counts = _archetype_counts(customers)
     n_cohort = int(round(COHORT_SHARE * customers)) if months > COHORT_MONTH_INDEX else 0
     arch = np.concatenate([np.full(counts[a], i, dtype=np.int8)
@@ -556,6 +556,7 @@ class _Counters:
     order: int = 0
     event: int = 0
     message: int = 0
+    send: int = 0
     view: int = 0
     anon_cookie: int = 0
 
@@ -890,10 +891,10 @@ def _campaigns(cal: _Calendar, m: int) -> list[tuple[str, bool, int]]:
 
 def _email_block(rng, pop: _Population, rec: np.ndarray, send: np.ndarray, window_end: int,
                  act: np.ndarray, boost: np.ndarray, allow_unsub: bool, ctr: _Counters):
-    """Sends + engagement for one campaign. Returns (cust, msg, event, time) arrays."""
+    """Sends + engagement for one campaign. Returns (cust, send index, event, time)."""
     R = len(rec)
-    msg = np.arange(ctr.message, ctr.message + R)
-    ctr.message += R
+    msg = np.arange(ctr.send, ctr.send + R)  # internal send index, for ordering only
+    ctr.send += R
     arch = pop.arch[rec]
     p_open = np.clip(OPEN_P[arch] * pop.open_mult[rec] * act[rec] * boost, 0, 0.95)
     opened = rng.random(R) < p_open
@@ -968,8 +969,12 @@ def _gen_email(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
     srt = np.lexsort((ev, msg, tt))
     camp, cust, msg, ev, tt = camp[srt], cust[srt], msg[srt], ev[srt], tt[srt]
 
+    # one message_id per email event row (the pipeline uses it as the event id); a
+    # send's engagement is linked to it through (recipient, campaign)
+    rid = np.arange(ctr.message, ctr.message + len(tt))
+    ctr.message += len(tt)
     df = pl.DataFrame({
-        "message_id": _prefixed_hex("message_id", "m_", _scramble(msg, 64, keys["message"]), 16),
+        "message_id": _prefixed_hex("message_id", "m_", _scramble(rid, 64, keys["message"]), 16),
         "recipient": pop.email.gather(cust),
         "event": pl.Series(EMAIL_EVENTS).gather(ev),
         "occurred_at": _ts_strings(tt, "%Y-%m-%dT%H:%M:%S", "occurred_at"),
@@ -1015,7 +1020,6 @@ def _gen_web(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
     u = rng.random(len(cust))
     slot = np.where(u < 0.8, k_started - 1, (rng.random(len(cust)) * k_started).astype(np.int64))
     slot = np.clip(slot, 0, 2)
-    mode = pop.cookie_mode[cust, slot]
     ident = pop.cookie_ident[cust, slot]
     logged = (m >= ident) & (rng.random(len(cust)) < 0.85)
     # forced views: the first visit of a new cookie, the first identified visit of a
@@ -1026,7 +1030,6 @@ def _gen_web(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
     cust = np.concatenate([cust, f_c, g_c])
     slot = np.concatenate([slot, f_s, g_s])
     logged = np.concatenate([logged, f_logged, np.ones(len(g_c), bool)])
-    del mode
     arch = pop.arch[cust]
     cookie = cust.astype(np.int64) * 3 + slot
     device = pop.cookie_device[cust, slot]
@@ -1167,7 +1170,7 @@ def generate_sample(out_dir: str | Path, *, customers: int = 20_000, months: int
     keys = {name: int(v) for name, v in zip(
         ("user", "cookie", "event", "message", "view"),
         root.integers(0, 2**63 - 1, size=5, dtype=np.int64))}
-    pop = _build_population(root, cal, customers, months, keys)
+    pop = _build_population(root, cal, customers, months)
     ctr = _Counters()
 
     files: dict[str, dict] = {}

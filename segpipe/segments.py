@@ -26,6 +26,10 @@ MEMBERSHIP_SCHEMA = {
 }
 
 
+ANONYMOUS_ID = "A0"
+ANONYMOUS_NAME = "Anonymous visitors"
+
+
 @dataclass(frozen=True)
 class Segmentation:
     membership: pl.DataFrame  # MEMBERSHIP_SCHEMA
@@ -83,6 +87,9 @@ def _name(c: dict, pop: dict) -> str:
 def segment_customers(features: pl.DataFrame, cfg: ClusteringConfig) -> Segmentation:
     """Cluster the snapshot's customers; return membership with a reason and per-segment profiles."""
     features = features.sort("customer_id")
+    anonymous = features.filter(pl.col("identity") == "anonymous") if "identity" in features.columns else features.clear()
+    if anonymous.height:
+        features = features.filter(pl.col("identity") != "anonymous")
     x = _matrix(features, cfg.features)
     if features.height < 2 * cfg.k_max:
         # Too few customers to cluster meaningfully (an empty or tiny month): one segment.
@@ -130,6 +137,16 @@ def segment_customers(features: pl.DataFrame, cfg: ClusteringConfig) -> Segmenta
             pl.col("avg_order_value").round(2),
         ).alias("reason"),
     ).cast(MEMBERSHIP_SCHEMA).sort("customer_id")
+    if anonymous.height:
+        # Visitors known only by cookies are not clustered: nothing but page views to go on.
+        membership = pl.concat([membership, anonymous.select(
+            "customer_id", "snapshot_month", pl.lit(ANONYMOUS_ID).alias("segment_id"),
+            pl.lit(ANONYMOUS_NAME).alias("segment_name"),
+            pl.lit("anonymous web visitor (cookies only): not clustered").alias("reason"),
+        ).cast(MEMBERSHIP_SCHEMA)]).sort("customer_id")
+        f = pl.concat([f, anonymous.with_columns(
+            pl.lit(-1, pl.Int32).alias("__cluster"), pl.lit(ANONYMOUS_ID).alias("segment_id"),
+            pl.lit(ANONYMOUS_NAME).alias("segment_name"))], how="diagonal_relaxed")
     total_rev = float(f["revenue_lifetime"].sum()) or 1.0
     profiles = (
         f.group_by("segment_id", "segment_name")
@@ -141,7 +158,7 @@ def segment_customers(features: pl.DataFrame, cfg: ClusteringConfig) -> Segmenta
             pl.col("avg_order_value").median().alias("median_aov"),
         )
         .with_columns(
-            (pl.col("customers") / f.height).alias("share_customers"),
+            (pl.col("customers") / max(f.height, 1)).alias("share_customers"),
             (pl.col("revenue") / total_rev).alias("share_revenue"),
             pl.lit(features["snapshot_month"].first(), dtype=pl.Date).alias("snapshot_month"),
         )

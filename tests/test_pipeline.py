@@ -51,7 +51,7 @@ def test_graph_snapshot_of_the_sample_config():
                for k in graph.get_all_asset_keys()}
     assert parents["identity_links"] == [f"{s}_ingested" for s in ("email", "orders", "product", "web")]
     assert parents["behavioral_events"] == sorted(["identity_map", *(f"{s}_ingested" for s in ("orders", "product", "email", "web"))])
-    assert parents["customer_features"] == ["customer_activity_monthly"]
+    assert parents["customer_features"] == ["customer_activity_monthly", "identity_map"]
     assert parents["segment_membership"] == ["customer_features"]
 
 
