@@ -1,0 +1,84 @@
+"""The Dagster webserver, started on the code location exactly as users do, serves the graph."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+QUERY = "{ assetNodes { assetKey { path } groupName description dependencyKeys { path } } }"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, query: str) -> dict:
+    req = urllib.request.Request(url, data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+@pytest.fixture
+def webserver(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SEGPIPE_CONFIG": str(REPO / "segpipe.yaml")}
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/server_info", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(proc.stderr.read().decode()[-3000:])
+            time.sleep(0.5)
+    else:
+        pytest.fail("webserver did not start in 120 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_webserver_shows_the_lineage_from_ingestion_to_segments(webserver):
+    data = _post(webserver + "/graphql", QUERY)["data"]["assetNodes"]
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in data}
+    deps = {k: sorted("/".join(d["path"]) for d in n["dependencyKeys"]) for k, n in nodes.items()}
+    assert {n["groupName"] for n in data} == {"ingestion", "identity", "events", "features", "segments"}
+    assert all(n["description"] for n in data)
+    assert deps["identity_links"] == ["email_ingested", "orders_ingested", "product_ingested", "web_ingested"]
+    assert "identity_map" in deps["behavioral_events"]
+    assert deps["customer_activity_monthly"] == ["behavioral_events"]
+    assert "customer_activity_monthly" in deps["customer_features"]
+    assert deps["segment_membership"] == ["customer_features"]
+
+
+def test_webserver_binds_loopback_only(webserver):
+    port = int(webserver.rsplit(":", 1)[1])
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("ss not available")
+    listeners = [line.split()[3] for line in out.stdout.splitlines() if line.strip()]
+    assert listeners and all(addr.startswith("127.0.0.1:") for addr in listeners)
