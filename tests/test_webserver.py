@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import orders_project  # noqa: F401 - fixture
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -82,3 +84,45 @@ def test_webserver_binds_loopback_only(webserver):
         pytest.skip("ss not available")
     listeners = [line.split()[3] for line in out.stdout.splitlines() if line.strip()]
     assert listeners and all(addr.startswith("127.0.0.1:") for addr in listeners)
+
+
+def test_segpipe_ui_serves_and_stops_on_ctrl_c(orders_project, tmp_path):
+    """`segpipe ui` starts webserver + daemon on 127.0.0.1 with the project's instance and prints
+    the URL; SIGINT (Ctrl-C) stops everything."""
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [str(BIN / "segpipe"), "--config", str(orders_project), "ui", "--port", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith(f"Dagster UI: http://127.0.0.1:{port}")
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                nodes = _post(f"http://127.0.0.1:{port}/graphql", QUERY)["data"]["assetNodes"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("segpipe ui did not serve in 120 s")
+        assert "orders_ingested" in {"/".join(n["assetKey"]["path"]) for n in nodes}
+        assert (tmp_path / "home" / "dagster.yaml").is_file()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 30  # webserver and daemon are gone, the port is free again
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.5)
+        except ProcessLookupError:
+            break
+    else:
+        pytest.fail("processes of segpipe ui still running 30 s after Ctrl-C")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
