@@ -16,6 +16,8 @@ from assets.resources import SegpipeResource
 from assets.segments import build_segment_assets
 from schedules import build_jobs, build_schedules
 from segpipe.config import config_path, load_config
+from segpipe.features import feature_schema
+from segpipe.segments import check_clustering_features
 
 EXECUTOR_ENV = "SEGPIPE_EXECUTOR"
 _EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
@@ -28,6 +30,7 @@ def build_definitions(path: str | Path | None = None, *, executor: str | None = 
     name = executor or os.environ.get(EXECUTOR_ENV, "in_process")
     if name not in _EXECUTORS:
         raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {sorted(_EXECUTORS)}")
+    check_clustering_features(feature_schema(config.features), config.segments.clustering.features)
     assets = [
         *(build_ingestion_asset(config, s) for s in config.sources),
         *build_identity_assets(config),

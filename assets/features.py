@@ -1,39 +1,66 @@
-"""Feature assets: monthly per-customer rollups and snapshot features."""
-
+"""Feature store assets: daily and monthly rollups, cumulative customer state, snapshot features."""
 
 import dagster as dg
 import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
-from assets.partitions import HISTORY_TO_DATE, monthly_partitions
+from assets.partitions import monthly_partitions
+from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
+from segpipe.features import (
+    FEATURES,
+    MONTHLY_SCHEMA,
+    _state_schema,
+    build_activity_daily,
+    build_activity_monthly,
+    build_features,
+    daily_schema,
+    feature_definitions,
+    feature_schema,
+    update_customer_state,
+    window_months,
+)
 from segpipe.identity import IDENTITY_KINDS, customer_identity
-from segpipe.features import FEATURE_DEFINITIONS, FEATURE_SCHEMA, ROLLUP_SCHEMA, build_activity_rollup, build_rfm_features
+from segpipe.timeutil import month_key, month_range, month_start, next_month
+
+PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
+LAST_13_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-12, end_offset=0, allow_nonexistent_upstream_partitions=True)
+LAST_12_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-11, end_offset=0, allow_nonexistent_upstream_partitions=True)
+
+_ROLLUP_DESCRIPTIONS = {
+    "day": "UTC day.", "first_time": "First event time of the day.", "last_time": "Last event time of the day.",
+    "events": "Events (all kinds).", "activity": "Things the customer did: orders, app events, email opens/clicks, page views.",
+    "month": "Month of the rollup.", "orders": "Orders.", "revenue": "Order revenue.",
+    "category_revenue": "Orders and revenue per product category.", "features_used": "Distinct product features used.",
+}
 
 
 def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     monthly = monthly_partitions(config)
+    spec = config.features
+    common = dict(partitions_def=monthly, group_name="features", kinds={"polars", "parquet"}, owners=[OWNER],
+                  backfill_policy=dg.BackfillPolicy.single_run())
 
-    @dg.asset(
-        partitions_def=monthly,
-        group_name="features",
-        kinds={"polars", "parquet"},
-        owners=[OWNER],
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        metadata={"dagster/column_schema": column_schema(ROLLUP_SCHEMA, {
-            "month": "Month of the rollup.", "events": "Events in the month.",
-            "active_days": "Distinct days with any event.", "orders": "Orders in the month.",
-            "order_days": "Distinct days with an order.", "revenue": "Order revenue in the month.",
-            "first_event_time": "First event time in the month.", "last_event_time": "Last event time in the month.",
-            "first_order_time": "First order time in the month.", "last_order_time": "Last order time in the month.",
-        })},
-    )
-    def customer_activity_monthly(context: dg.AssetExecutionContext, behavioral_events: dict[str, pl.LazyFrame]):
-        """Per customer active in the month: event and order counts, revenue, first/last times."""
+    @dg.asset(**common, metadata={"dagster/column_schema": column_schema(daily_schema(spec), _ROLLUP_DESCRIPTIONS)})
+    def customer_activity_daily(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                                behavioral_events: dict[str, pl.LazyFrame]):
+        """Per customer and UTC day of the month: orders, revenue, app, email, web and intent counts,
+        split by channel and part of day. Exact day windows of the features come from these rows."""
         out = {}
         for pk in partitions_of(context):
-            roll = build_activity_rollup(require(behavioral_events, pk, "behavioral_events"), month=pk).collect()
-            out[pk] = roll.sort("customer_id")
+            daily = build_activity_daily(require(behavioral_events, pk, "behavioral_events"), spec=segpipe.config().features).collect()
+            out[pk] = daily
+            context.add_asset_metadata({"dagster/row_count": daily.height,
+                                        "active_customers": daily["customer_id"].n_unique()}, partition_key=pk)
+        return out
+
+    @dg.asset(**common, metadata={"dagster/column_schema": column_schema(MONTHLY_SCHEMA, _ROLLUP_DESCRIPTIONS)})
+    def customer_activity_monthly(context: dg.AssetExecutionContext, behavioral_events: dict[str, pl.LazyFrame]):
+        """Per customer active in the month: activity, order revenue by category, features used."""
+        out = {}
+        for pk in partitions_of(context):
+            roll = build_activity_monthly(require(behavioral_events, pk, "behavioral_events"), month=pk).collect()
+            out[pk] = roll
             context.add_asset_metadata(
                 {"dagster/row_count": roll.height, "active_customers": roll.height,
                  "buyers": roll.filter(pl.col("orders") > 0).height},
@@ -42,25 +69,76 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         return out
 
     @dg.asset(
-        ins={"rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=HISTORY_TO_DATE),
-             "identity_map": dg.AssetIn("identity_map")},
-        partitions_def=monthly,
-        group_name="features",
-        kinds={"polars", "parquet"},
-        owners=[OWNER],
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        metadata={"dagster/column_schema": column_schema(
-            FEATURE_SCHEMA, FEATURE_DEFINITIONS)},
+        **common,
+        ins={
+            "previous_state": dg.AssetIn("customer_state", partition_mapping=PREVIOUS_MONTH),
+            "customer_activity_daily": dg.AssetIn("customer_activity_daily"),
+            "customer_activity_monthly": dg.AssetIn("customer_activity_monthly"),
+        },
+        metadata={"dagster/column_schema": column_schema(_state_schema(spec))},
     )
-    def customer_features(context: dg.AssetExecutionContext, rollups: dict[str, pl.LazyFrame],
-                          identity_map: dict[str, pl.LazyFrame]):
-        """One row per customer seen up to the end of the month: RFM features as of the month's end."""
+    def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                       previous_state: dict[str, pl.LazyFrame], customer_activity_daily: dict[str, pl.LazyFrame],
+                       customer_activity_monthly: dict[str, pl.LazyFrame]):
+        """Cumulative lifetime state per customer (first/last times, orders, purchase days, revenue,
+        journey markers): the previous month's state merged with this month's rollups."""
+        keys = partitions_of(context)
+        first_partition = monthly.get_first_partition_key()
+        prev_key = month_key(next_month(month_start(keys[0]), -1))
+        if keys[0] == first_partition:
+            prev = None
+        elif prev_key in previous_state:
+            prev = previous_state[prev_key].collect()
+        else:
+            raise FileNotFoundError(
+                f"customer_state for {prev_key[:7]} is missing: materialize customer_state from "
+                f"{first_partition[:7]} up to {keys[0][:7]} (it accumulates month by month)")
+        out = {}
+        for pk in keys:
+            state = update_customer_state(
+                prev.lazy() if prev is not None else None,
+                require(customer_activity_daily, pk, "customer_activity_daily"),
+                require(customer_activity_monthly, pk, "customer_activity_monthly"),
+                spec=segpipe.config().features,
+            ).collect()
+            out[pk] = prev = state
+            context.add_asset_metadata(
+                {"dagster/row_count": state.height, "customers": state.height,
+                 "buyers": state.filter(pl.col("orders") > 0).height}, partition_key=pk)
+        return out
+
+    @dg.asset(
+        **common,
+        ins={
+            "customer_state": dg.AssetIn("customer_state"),
+            "daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
+            "monthly_rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_12_MONTHS),
+            "identity_map": dg.AssetIn("identity_map"),
+        },
+        metadata={"dagster/column_schema": column_schema(feature_schema(spec), feature_definitions(spec)),
+                  "feature_families": dg.MetadataValue.json(
+                      {fam: [c for c, (f, _) in FEATURES.items() if f == fam]
+                       for fam in dict.fromkeys(f for f, _ in FEATURES.values())})},
+    )
+    def customer_features(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                          customer_state: dict[str, pl.LazyFrame], daily: dict[str, pl.LazyFrame],
+                          monthly_rollups: dict[str, pl.LazyFrame], identity_map: dict[str, pl.LazyFrame]):
+        """One row per customer seen up to the end of the month: behavioral features of eight
+        families (purchase/RFM with BTYD summary, usage, occasion, benefits, loyalty, journey,
+        channel, intent) as of the month's end. Column descriptions give each definition."""
+        spec_ = segpipe.config().features
         out = {}
         for pk in partitions_of(context):
-            require(rollups, pk, "customer_activity_monthly")
-            history = pl.concat([lf for k, lf in rollups.items() if k <= pk])
-            identity = customer_identity(require(identity_map, pk, "identity_map"))
-            feats = build_rfm_features(history, identity, month=pk).collect().sort("customer_id")
+            win = [daily[k] for k in window_months(pk) if k in daily]
+            last12 = month_range(month_key(next_month(month_start(pk), -11)), pk)
+            mon = [monthly_rollups[k] for k in last12 if k in monthly_rollups]
+            feats = build_features(
+                require(customer_state, pk, "customer_state"),
+                pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec_)),
+                pl.concat(mon) if mon else pl.LazyFrame(schema=MONTHLY_SCHEMA),
+                customer_identity(require(identity_map, pk, "identity_map")),
+                month=pk, spec=spec_,
+            ).collect()
             out[pk] = feats
             buyers = feats.filter(pl.col("orders_lifetime") > 0)
             context.add_asset_metadata(
@@ -68,13 +146,15 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                     "dagster/row_count": feats.height,
                     "customers": feats.height,
                     "buyers": buyers.height,
-                    **{f"identity_{k}": feats.filter(pl.col("identity") == k).height for k in IDENTITY_KINDS},
+                    "repeat_buyers": int(feats["repeat_buyer"].sum()),
+                    "lapsed_share": float(feats["lapsed"].mean() or 0.0),
                     "revenue_lifetime": float(feats["revenue_lifetime"].sum()),
                     "median_recency_days": float(buyers["recency_days"].median() or 0.0),
-                    "preview": preview(feats),
+                    **{f"identity_{k}": feats.filter(pl.col("identity") == k).height for k in IDENTITY_KINDS},
+                    "preview": preview(feats.drop("category_share")),
                 },
                 partition_key=pk,
             )
         return out
 
-    return [customer_activity_monthly, customer_features]
+    return [customer_activity_daily, customer_activity_monthly, customer_state, customer_features]

@@ -78,18 +78,75 @@ class SourceConfig(_Model):
         return tz
 
 
-class FeaturesConfig(_Model):
-    """Feature store settings (filled in by the feature-store work)."""
+class SeasonalWindow(_Model):
+    """A recurring window of the year, e.g. the holiday season, as month-day bounds (inclusive)."""
 
-    lapsed_after_days: int = Field(default=90, ge=1, description="Days without activity to count as lapsed.")
+    name: str = Field(description="Short name, used in the feature column name: orders_share_<name>.")
+    start: str = Field(description="First day, 'MM-DD'.")
+    end: str = Field(description="Last day, 'MM-DD' (may be before start to wrap the new year).")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _mmdd(cls, value: str) -> str:
+        try:
+            dt.datetime.strptime(f"2000-{value}", "%Y-%m-%d")
+        except ValueError as exc:
+            raise ValueError(f"expected 'MM-DD', got {value!r}") from exc
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _ident(cls, value: str) -> str:
+        if not value.isidentifier():
+            raise ValueError(f"{value!r} must be a plain identifier (letters, digits, _)")
+        return value
+
+
+class FeaturesConfig(_Model):
+    """Feature store settings."""
+
+    timezone: str = Field(
+        default="UTC", description="Time zone for weekday / part-of-day features (windows are in UTC days)."
+    )
+    lapsed_after_days: int = Field(default=90, ge=1, description="Days without any activity to count as lapsed.")
+    usage_tier_quantiles: tuple[float, float] = Field(
+        default=(0.5, 0.8),
+        description="Quantiles of active app days in 30 days among app users: below the first is light, "
+        "from the first medium, from the second heavy; no app activity is non-user.",
+    )
+    regular_use_months: int = Field(
+        default=3, ge=1, le=12, description="Active months out of the last 6 that count as regular use."
+    )
+    seasonal_windows: list[SeasonalWindow] = Field(
+        default_factory=lambda: [SeasonalWindow(name="holiday", start="11-15", end="12-31")],
+        description="Recurring windows for the share of orders placed in them.",
+    )
+    pricing_page: str = Field(default=r"^/pricing", description="Regex of pricing page paths (web detail).")
+    cart_page: str = Field(default=r"^/(cart|checkout)", description="Regex of cart page paths.")
+    product_page: str = Field(default=r"^/product/", description="Regex of product page paths.")
+    discount_code: str = Field(
+        default=r".+", description="Regex an order's detail (discount code) must match to count as discounted."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, tz: str) -> str:
+        return SourceConfig._known_timezone(tz)
+
+    @field_validator("usage_tier_quantiles")
+    @classmethod
+    def _quantiles(cls, q: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < q[0] < q[1] < 1:
+            raise ValueError(f"need 0 < light/medium < medium/heavy < 1, got {list(q)}")
+        return q
 
 
 class ClusteringConfig(_Model):
     """Behavioral clustering with k-means and automatic k."""
 
     features: list[str] = Field(
-        default=["recency_days", "orders_lifetime", "revenue_lifetime", "avg_order_value",
-                 "orders_365d", "revenue_365d"],
+        default=["recency_days", "orders_365d", "revenue_365d", "avg_order_value", "active_days_30d",
+                 "days_since_last_activity"],
         description="Feature columns the clustering uses (log1p + robust scaling).",
     )
     k_min: int = Field(default=3, ge=2, description="Smallest k tried.")

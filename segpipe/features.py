@@ -1,8 +1,19 @@
-"""First feature stage: per-customer monthly rollups and RFM snapshot features.
+"""The behavioral feature store: one row per customer per snapshot month, eight families.
 
-Snapshots are built from the monthly rollups, never from a rescan of raw events. A snapshot for
-month M is "as of the end of M" (exclusive upper bound, UTC). The full feature store (all eight
-behavioral families) replaces :func:`build_rfm_features`; the rollup grain stays.
+Three incremental building blocks, each built from one month of events or from the previous
+month's block, so refreshing a month costs that month's events plus the customer count, never a
+rescan of history:
+
+* :func:`build_activity_daily` — per customer and UTC day of the month: counts and sums, with the
+  day's first and last event time (exact day windows come from these rows).
+* :func:`build_activity_monthly` — per customer and month: activity, category spend, features used.
+* :func:`update_customer_state` — cumulative lifetime state: the previous month's state merged with
+  the month's daily rows.
+
+:func:`build_features` joins the state with the daily rows of the months a 365-day window touches
+and the monthly rows of the last 12 months. A snapshot for month M is "as of the end of M": windows
+of N days cover the UTC days ``[end - N days, end)`` where ``end`` is the first day of M+1. Features
+marked *month-granular* in :data:`FEATURE_DEFINITIONS` count whole calendar months.
 """
 
 from __future__ import annotations
@@ -11,126 +22,522 @@ import datetime as dt
 
 import polars as pl
 
+from segpipe.config import FeaturesConfig
 from segpipe.timeutil import month_start, next_month
 
-ROLLUP_SCHEMA: dict[str, pl.DataType] = {
-    "customer_id": pl.String(),
-    "month": pl.Date(),
-    "events": pl.UInt32(),
-    "active_days": pl.UInt32(),
-    "orders": pl.UInt32(),
-    "order_days": pl.UInt32(),
-    "revenue": pl.Float64(),
-    "first_event_time": pl.Datetime("us", "UTC"),
-    "last_event_time": pl.Datetime("us", "UTC"),
-    "first_order_time": pl.Datetime("us", "UTC"),
-    "last_order_time": pl.Datetime("us", "UTC"),
-}
-
-#: One-line definitions, shown in the UI as column descriptions and in the docs.
-FEATURE_DEFINITIONS: dict[str, str] = {
-    "customer_id": "Stitched customer id.",
-    "identity": "customer (own customer id), contact (email/app account only) or anonymous (cookies only).",
-    "snapshot_month": "Snapshot month (features as of the end of this month, UTC).",
-    "first_seen": "Time of the customer's first event in any source.",
-    "last_seen": "Time of the customer's last event in any source.",
-    "tenure_days": "Days from first event to the end of the snapshot month.",
-    "days_since_last_activity": "Days from the last event of any kind to the end of the snapshot month.",
-    "recency_days": "Days from the last order to the end of the snapshot month (null if never ordered).",
-    "orders_lifetime": "Orders up to the end of the snapshot month.",
-    "revenue_lifetime": "Order revenue up to the end of the snapshot month.",
-    "avg_order_value": "revenue_lifetime / orders_lifetime (0 if no orders).",
-    "orders_90d": "Orders in the snapshot month and the two before (month-granular window).",
-    "orders_365d": "Orders in the snapshot month and the eleven before (month-granular window).",
-    "revenue_365d": "Revenue in the snapshot month and the eleven before (month-granular window).",
-    "events_30d": "Events of any kind in the snapshot month.",
-    "active_months_12": "Months with any event among the last 12 (incl. the snapshot month).",
-}
-
 _TS = pl.Datetime("us", "UTC")
-#: Types of the snapshot feature columns.
-FEATURE_SCHEMA: dict[str, pl.DataType] = {
-    "customer_id": pl.String(), "identity": pl.String(), "snapshot_month": pl.Date(),
-    "first_seen": _TS, "last_seen": _TS, "tenure_days": pl.Float64(),
-    "days_since_last_activity": pl.Float64(), "recency_days": pl.Float64(),
-    "orders_lifetime": pl.Int64(), "revenue_lifetime": pl.Float64(), "avg_order_value": pl.Float64(),
-    "orders_90d": pl.Int64(), "orders_365d": pl.Int64(), "revenue_365d": pl.Float64(),
-    "events_30d": pl.Int64(), "active_months_12": pl.Int64(),
+CHANNELS = ("web", "app", "email", "store")
+PARTS_OF_DAY = {"night": (0, 6), "morning": (6, 12), "afternoon": (12, 18), "evening": (18, 24)}
+
+# -- daily rollup --------------------------------------------------------------------------------
+DAILY_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "day": pl.Date(), "first_time": _TS, "last_time": _TS,
+    "events": pl.UInt32(), "orders": pl.UInt32(), "revenue": pl.Float64(), "discount_orders": pl.UInt32(),
+    "app_events": pl.UInt32(), "logins": pl.UInt32(), "feature_uses": pl.UInt32(), "invites": pl.UInt32(),
+    "upgrades": pl.UInt32(), "signups": pl.UInt32(), "emails_sent": pl.UInt32(), "email_opens": pl.UInt32(),
+    "email_clicks": pl.UInt32(), "unsubscribes": pl.UInt32(), "page_views": pl.UInt32(),
+    "pricing_views": pl.UInt32(), "cart_views": pl.UInt32(), "product_views": pl.UInt32(),
+    **{f"{c}_activity": pl.UInt32() for c in CHANNELS},
+    **{f"{p}_activity": pl.UInt32() for p in PARTS_OF_DAY},
+    "weekend_activity": pl.UInt32(), "activity": pl.UInt32(),
 }
 
 
-def build_activity_rollup(events: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
-    """One row per customer active in ``month``: counts, revenue and first/last times."""
-    is_order = pl.col("event_type") == "order"
+def _seasonal_columns(spec: FeaturesConfig) -> list[str]:
+    return [f"orders_{w.name}" for w in spec.seasonal_windows]
+
+
+def daily_schema(spec: FeaturesConfig) -> dict[str, pl.DataType]:
+    """Schema of :func:`build_activity_daily` for this config (one column per seasonal window)."""
+    return {**DAILY_SCHEMA, **{c: pl.UInt32() for c in _seasonal_columns(spec)}}
+
+
+def _in_window(day: pl.Expr, start: str, end: str) -> pl.Expr:
+    md = day.dt.strftime("%m-%d")
+    return (md >= start) & (md <= end) if start <= end else (md >= start) | (md <= end)
+
+
+def build_activity_daily(events: pl.LazyFrame, *, spec: FeaturesConfig) -> pl.LazyFrame:
+    """Per customer and UTC day: counts and sums of the day's behavioral events.
+
+    ``activity`` counts what the customer did (orders, app events, email opens and clicks, page
+    views; not emails merely sent); channel and part-of-day columns split it.
+    """
+    et, src = pl.col("event_type"), pl.col("source").cast(pl.String)
+    detail = pl.col("detail").fill_null("")
+    is_order = et == "order"
+    local = pl.col("event_time").dt.convert_time_zone(spec.timezone)
+    hour = local.dt.hour()
+    is_page = src == "web"
+    acted = is_order | (src == "product") | et.is_in(["email_open", "email_click"]) | is_page
+    channel = (
+        pl.when(is_order).then(pl.col("channel").fill_null("web").replace({"online": "web"}))
+        .when(src == "product").then(pl.lit("app"))
+        .when(src == "email").then(pl.lit("email"))
+        .otherwise(pl.lit("web"))
+    )
+    day = pl.col("event_time").dt.date()
+
+    def n(cond: pl.Expr) -> pl.Expr:
+        return cond.sum().cast(pl.UInt32)
+
+    aggs = [
+        pl.col("event_time").min().alias("first_time"),
+        pl.col("event_time").max().alias("last_time"),
+        pl.len().cast(pl.UInt32).alias("events"),
+        n(is_order).alias("orders"),
+        pl.col("amount").filter(is_order).sum().alias("revenue"),
+        n(is_order & detail.str.contains(spec.discount_code)).alias("discount_orders"),
+        n(src == "product").alias("app_events"),
+        n(et == "login").alias("logins"),
+        n(et == "feature_used").alias("feature_uses"),
+        n(et == "invite_sent").alias("invites"),
+        n(et == "upgrade").alias("upgrades"),
+        n(et == "signup").alias("signups"),
+        n(et == "email_sent").alias("emails_sent"),
+        n(et == "email_open").alias("email_opens"),
+        n(et == "email_click").alias("email_clicks"),
+        n(et == "email_unsubscribe").alias("unsubscribes"),
+        n(is_page).alias("page_views"),
+        n(is_page & detail.str.contains(spec.pricing_page)).alias("pricing_views"),
+        n(is_page & detail.str.contains(spec.cart_page)).alias("cart_views"),
+        n(is_page & detail.str.contains(spec.product_page)).alias("product_views"),
+        *[n(acted & (channel == c)).alias(f"{c}_activity") for c in CHANNELS],
+        *[n(acted & (hour >= lo) & (hour < hi)).alias(f"{p}_activity") for p, (lo, hi) in PARTS_OF_DAY.items()],
+        n(acted & (local.dt.weekday() >= 6)).alias("weekend_activity"),
+        n(acted).alias("activity"),
+        *[n(is_order & _in_window(local.dt.date(), w.start, w.end)).alias(f"orders_{w.name}")
+          for w in spec.seasonal_windows],
+    ]
+    schema = daily_schema(spec)
     return (
-        events.group_by("customer_id")
-        .agg(
-            pl.len().cast(pl.UInt32).alias("events"),
-            pl.col("event_time").dt.date().n_unique().cast(pl.UInt32).alias("active_days"),
-            is_order.sum().cast(pl.UInt32).alias("orders"),
-            pl.col("event_time").filter(is_order).dt.date().n_unique().cast(pl.UInt32).alias("order_days"),
-            pl.col("amount").filter(is_order).sum().alias("revenue"),
-            pl.col("event_time").min().alias("first_event_time"),
-            pl.col("event_time").max().alias("last_event_time"),
-            pl.col("event_time").filter(is_order).min().alias("first_order_time"),
-            pl.col("event_time").filter(is_order).max().alias("last_order_time"),
-        )
-        .with_columns(pl.lit(month_start(month).date()).alias("month"))
-        .select(list(ROLLUP_SCHEMA))
-        .cast(ROLLUP_SCHEMA)
+        events.with_columns(day=day)
+        .group_by("customer_id", "day")
+        .agg(aggs)
+        .select(list(schema))
+        .cast(schema)
+        .sort("customer_id", "day")
+    )
+
+
+# -- monthly rollup ------------------------------------------------------------------------------
+MONTHLY_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "month": pl.Date(), "events": pl.UInt32(), "activity": pl.UInt32(),
+    "orders": pl.UInt32(), "revenue": pl.Float64(),
+    "category_revenue": pl.List(pl.Struct({"category": pl.String(), "orders": pl.UInt32(), "revenue": pl.Float64()})),
+    "features_used": pl.List(pl.String()),
+}
+
+
+def build_activity_monthly(events: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
+    """Per customer active in ``month``: activity, order revenue by category, distinct features used."""
+    is_order = pl.col("event_type") == "order"
+    base = events.group_by("customer_id").agg(
+        pl.len().cast(pl.UInt32).alias("events"),
+        (is_order | (pl.col("source") == "product") | pl.col("event_type").is_in(["email_open", "email_click"])
+         | (pl.col("source") == "web")).sum().cast(pl.UInt32).alias("activity"),
+        is_order.sum().cast(pl.UInt32).alias("orders"),
+        pl.col("amount").filter(is_order).sum().alias("revenue"),
+        pl.col("detail").filter(pl.col("event_type") == "feature_used").drop_nulls().unique().sort().alias("features_used"),
+    )
+    cats = (
+        events.filter(is_order)
+        .group_by("customer_id", pl.col("category").fill_null("unknown"))
+        .agg(pl.len().cast(pl.UInt32).alias("orders"), pl.col("amount").sum().alias("revenue"))
+        .sort("customer_id", "category")
+        .group_by("customer_id")
+        .agg(pl.struct("category", "orders", "revenue").sort_by(pl.col("category")).alias("category_revenue"))
+    )
+    return (
+        base.join(cats, on="customer_id", how="left")
+        .with_columns(pl.lit(month_start(month).date()).alias("month"),
+                      pl.col("category_revenue").fill_null(pl.lit([], dtype=MONTHLY_SCHEMA["category_revenue"])))
+        .select(list(MONTHLY_SCHEMA))
+        .cast(MONTHLY_SCHEMA)
         .sort("customer_id")
     )
 
 
-def build_rfm_features(rollups: pl.LazyFrame, identity: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
-    """RFM snapshot features as of the end of ``month`` from monthly rollups of months <= month.
+# -- cumulative state ----------------------------------------------------------------------------
+STATE_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "first_seen": _TS, "last_seen": _TS,
+    "first_active_day": pl.Date(), "last_active_day": pl.Date(), "longest_gap_days": pl.Int64(),
+    "first_order_time": _TS, "last_order_time": _TS, "first_order_day": pl.Date(), "last_order_day": pl.Date(),
+    "orders": pl.Int64(), "order_days": pl.Int64(), "revenue": pl.Float64(), "first_day_revenue": pl.Float64(),
+    "invites": pl.Int64(),
+    "signup_time": _TS, "first_key_action_time": _TS, "first_expansion_time": _TS,
+    "unsubscribed": pl.Boolean(), "features_used": pl.List(pl.String()),
+}
 
-    ``identity`` is :func:`segpipe.identity.customer_identity` of the month's identity map.
+
+def _state_schema(spec: FeaturesConfig) -> dict[str, pl.DataType]:
+    return {**STATE_SCHEMA, **{c: pl.Int64() for c in _seasonal_columns(spec)}}
+
+
+def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
+    """State of the given daily rows alone (one month, or all of history at once)."""
+    d = daily.sort("customer_id", "day")
+    has_order = pl.col("orders") > 0
+    first_order_day = pl.col("day").filter(has_order).min()
+    key = (pl.col("orders") > 0) | (pl.col("feature_uses") > 0)
+    expand = (pl.col("invites") > 0) | (pl.col("upgrades") > 0)
+    state = d.group_by("customer_id").agg(
+        pl.col("first_time").min().alias("first_seen"),
+        pl.col("last_time").max().alias("last_seen"),
+        pl.col("day").filter(pl.col("activity") > 0).min().alias("first_active_day"),
+        pl.col("day").filter(pl.col("activity") > 0).max().alias("last_active_day"),
+        pl.col("day").filter(pl.col("activity") > 0).pipe(lambda e: (e.diff().dt.total_days() - 1).max())
+        .fill_null(0).cast(pl.Int64).alias("longest_gap_days"),
+        pl.col("first_time").filter(has_order).min().alias("first_order_time"),
+        pl.col("last_time").filter(has_order).max().alias("last_order_time"),
+        first_order_day.alias("first_order_day"),
+        pl.col("day").filter(has_order).max().alias("last_order_day"),
+        pl.col("orders").sum().cast(pl.Int64).alias("orders"),
+        has_order.sum().cast(pl.Int64).alias("order_days"),
+        pl.col("revenue").sum().alias("revenue"),
+        pl.col("revenue").filter(pl.col("day") == first_order_day).sum().alias("first_day_revenue"),
+        pl.col("invites").sum().cast(pl.Int64).alias("invites"),
+        pl.col("first_time").filter(pl.col("signups") > 0).min().alias("signup_time"),
+        pl.col("first_time").filter(key).min().alias("first_key_action_time"),
+        pl.col("first_time").filter(expand).min().alias("first_expansion_time"),
+        (pl.col("unsubscribes") > 0).any().alias("unsubscribed"),
+        *[pl.col(c).sum().cast(pl.Int64).alias(c) for c in _seasonal_columns(spec)],
+    )
+    used = monthly.select("customer_id", pl.col("features_used")).explode("features_used").drop_nulls().group_by(
+        "customer_id").agg(pl.col("features_used").unique().sort())
+    return state.join(used, on="customer_id", how="left").with_columns(
+        pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    )
+
+
+def update_customer_state(
+    previous: pl.LazyFrame | None, daily: pl.LazyFrame, monthly: pl.LazyFrame, *, spec: FeaturesConfig
+) -> pl.LazyFrame:
+    """Lifetime state after the given month(s): ``previous`` state merged with the new daily and
+    monthly rows. ``previous=None`` builds the state from scratch (the rows may span many months)."""
+    schema = _state_schema(spec)
+    cur = _month_state(daily, monthly, spec)
+    if previous is None:
+        return cur.select(list(schema)).cast(schema).sort("customer_id")
+    p = previous.select(list(schema))
+    j = p.join(cur, on="customer_id", how="full", coalesce=True, suffix="_new")
+
+    def earliest(c: str) -> pl.Expr:
+        return pl.min_horizontal(c, f"{c}_new").alias(c)
+
+    def latest(c: str) -> pl.Expr:
+        return pl.max_horizontal(c, f"{c}_new").alias(c)
+
+    def total(c: str) -> pl.Expr:
+        return (pl.col(c).fill_null(0) + pl.col(f"{c}_new").fill_null(0)).alias(c)
+
+    bridge = (pl.col("first_active_day_new") - pl.col("last_active_day")).dt.total_days() - 1
+    merged = j.select(
+        "customer_id",
+        earliest("first_seen"), latest("last_seen"), earliest("first_active_day"), latest("last_active_day"),
+        pl.max_horizontal("longest_gap_days", "longest_gap_days_new", bridge).fill_null(0).cast(pl.Int64)
+        .alias("longest_gap_days"),
+        earliest("first_order_time"), latest("last_order_time"), earliest("first_order_day"), latest("last_order_day"),
+        total("orders"), total("order_days"), total("revenue"), total("invites"),
+        pl.when(pl.col("first_order_day").is_not_null()).then(pl.col("first_day_revenue"))
+        .otherwise(pl.col("first_day_revenue_new")).alias("first_day_revenue"),
+        earliest("signup_time"), earliest("first_key_action_time"), earliest("first_expansion_time"),
+        (pl.col("unsubscribed").fill_null(False) | pl.col("unsubscribed_new").fill_null(False)).alias("unsubscribed"),
+        pl.concat_list(pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String))),
+                       pl.col("features_used_new").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+        .list.unique().list.sort().alias("features_used"),
+        *[total(c) for c in _seasonal_columns(spec)],
+    )
+    return merged.select(list(schema)).cast(schema).sort("customer_id")
+
+
+# -- snapshot features ---------------------------------------------------------------------------
+#: Column -> (family, one-line definition). Shown in the UI as column descriptions and in docs.
+FEATURES: dict[str, tuple[str, str]] = {
+    "customer_id": ("id", "Stitched customer id."),
+    "identity": ("id", "customer (own customer id), contact (email/app account only) or anonymous (cookies only)."),
+    "snapshot_month": ("id", "Snapshot month: features as of the end of this month (UTC)."),
+    # purchase / RFM
+    "first_seen": ("purchase", "Time of the first event of any kind."),
+    "last_seen": ("purchase", "Time of the last event of any kind."),
+    "tenure_days": ("purchase", "Days from the first event to the end of the snapshot."),
+    "first_order_date": ("purchase", "UTC day of the first order (null if none)."),
+    "last_order_date": ("purchase", "UTC day of the last order (null if none)."),
+    "recency_days": ("purchase", "Days from the last order to the end of the snapshot (null if none)."),
+    "orders_30d": ("purchase", "Orders in the last 30 days."),
+    "orders_90d": ("purchase", "Orders in the last 90 days."),
+    "orders_365d": ("purchase", "Orders in the last 365 days."),
+    "orders_lifetime": ("purchase", "Orders up to the end of the snapshot."),
+    "revenue_30d": ("purchase", "Order revenue in the last 30 days."),
+    "revenue_90d": ("purchase", "Order revenue in the last 90 days."),
+    "revenue_365d": ("purchase", "Order revenue in the last 365 days."),
+    "revenue_lifetime": ("purchase", "Order revenue up to the end of the snapshot."),
+    "avg_order_value": ("purchase", "revenue_lifetime / orders_lifetime (0 without orders)."),
+    "purchase_days": ("purchase", "Distinct UTC days with an order, lifetime."),
+    "frequency": ("purchase", "BTYD: repeat purchase periods = purchase_days - 1 (lifetimes/pymc-marketing, days)."),
+    "recency": ("purchase", "BTYD: days from the first to the last purchase day (0 without repeat)."),
+    "T": ("purchase", "BTYD: days from the first purchase day to the snapshot's last day."),
+    "monetary_value": ("purchase", "BTYD: mean revenue of repeat purchase days (0 without repeat)."),
+    # usage rate
+    "active_days_7d": ("usage", "Distinct days with any activity in the last 7 days."),
+    "active_days_30d": ("usage", "Distinct days with any activity in the last 30 days."),
+    "active_days_90d": ("usage", "Distinct days with any activity in the last 90 days."),
+    "logins_7d": ("usage", "App logins in the last 7 days."),
+    "logins_30d": ("usage", "App logins in the last 30 days."),
+    "logins_90d": ("usage", "App logins in the last 90 days."),
+    "app_days_30d": ("usage", "Distinct days with app activity in the last 30 days."),
+    "features_used_lifetime": ("usage", "Distinct product features used, lifetime."),
+    "invites_30d": ("usage", "Invites sent in the last 30 days."),
+    "invites_lifetime": ("usage", "Invites sent, lifetime."),
+    "usage_tier": ("usage", "heavy / medium / light by quantiles of app_days_30d among app users; non-user without."),
+    "usage_trend": ("usage", "Active days in the last 30 days / (active days in the 60 before / 2); null if both 0."),
+    # occasion and timing
+    "weekend_share_90d": ("occasion", "Share of activity on Saturday/Sunday (features.timezone), last 90 days."),
+    **{f"{p}_share_90d": ("occasion", f"Share of activity in the {p} ({lo:02d}-{hi:02d}h, features.timezone), last 90 days.")
+       for p, (lo, hi) in PARTS_OF_DAY.items()},
+    "inter_purchase_days": ("occasion", "Mean days between purchase days: recency / frequency (null without repeat)."),
+    # benefits sought
+    "dominant_category": ("benefits", "Category with the most revenue in the last 12 months (month-granular)."),
+    "category_share": ("benefits", "Revenue share per category, last 12 months (month-granular): list of {category, share}."),
+    "discount_share_365d": ("benefits", "Share of orders with a discount code, last 365 days (null without orders)."),
+    # loyalty
+    "repeat_buyer": ("loyalty", "Ordered on at least two distinct days."),
+    "active_months_12": ("loyalty", "Months with any activity among the last 12 (month-granular)."),
+    "lapsed": ("loyalty", "No activity in the last features.lapsed_after_days days."),
+    "longest_gap_days": ("loyalty", "Longest run of days without activity between two active days, lifetime."),
+    # journey stage inputs
+    "signed_up": ("journey", "Has an app signup event."),
+    "first_key_action_date": ("journey", "Day of the first order or feature use (null if none)."),
+    "regular_use": ("journey", "Active in at least features.regular_use_months of the last 6 months (month-granular)."),
+    "expansion": ("journey", "Invited others or upgraded in the last 90 days, or revenue_90d above the 90 days before."),
+    # channel engagement
+    "emails_sent_90d": ("channel", "Emails sent to the customer in the last 90 days."),
+    "email_open_rate_30d": ("channel", "Email opens / emails sent, last 30 days (null if none sent)."),
+    "email_open_rate_90d": ("channel", "Email opens / emails sent, last 90 days (null if none sent)."),
+    "email_click_rate_30d": ("channel", "Email clicks / emails sent, last 30 days (null if none sent)."),
+    "email_click_rate_90d": ("channel", "Email clicks / emails sent, last 90 days (null if none sent)."),
+    "unsubscribed": ("channel", "Unsubscribed from email at any time."),
+    **{f"{c}_share_90d": ("channel", f"Share of activity through {c}, last 90 days.") for c in CHANNELS},
+    "preferred_channel": ("channel", "Channel with the most activity in the last 90 days (null without activity)."),
+    # intent signals
+    "pricing_views_7d": ("intent", "Pricing page views in the last 7 days."),
+    "cart_views_14d": ("intent", "Cart / checkout page views in the last 14 days."),
+    "cart_no_order_14d": ("intent", "Cart views in the last 14 days and no order in those 14 days."),
+    "product_views_30d": ("intent", "Product page views in the last 30 days."),
+    "product_views_repeat_30d": ("intent", "Product page views in the last 30 days beyond one per active day (repeat views)."),
+    "days_since_last_activity": ("intent", "Days from the last activity to the end of the snapshot."),
+}
+FEATURE_DEFINITIONS: dict[str, str] = {k: v[1] for k, v in FEATURES.items()}
+
+_F, _I, _B, _S, _D = pl.Float64(), pl.Int64(), pl.Boolean(), pl.String(), pl.Date()
+FEATURE_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": _S, "identity": _S, "snapshot_month": _D, "first_seen": _TS, "last_seen": _TS,
+    "tenure_days": _F, "first_order_date": _D, "last_order_date": _D, "recency_days": _F,
+    "orders_30d": _I, "orders_90d": _I, "orders_365d": _I, "orders_lifetime": _I,
+    "revenue_30d": _F, "revenue_90d": _F, "revenue_365d": _F, "revenue_lifetime": _F, "avg_order_value": _F,
+    "purchase_days": _I, "frequency": _I, "recency": _I, "T": _I, "monetary_value": _F,
+    "active_days_7d": _I, "active_days_30d": _I, "active_days_90d": _I, "logins_7d": _I, "logins_30d": _I,
+    "logins_90d": _I, "app_days_30d": _I, "features_used_lifetime": _I, "invites_30d": _I, "invites_lifetime": _I,
+    "usage_tier": _S, "usage_trend": _F, "weekend_share_90d": _F, **{f"{p}_share_90d": _F for p in PARTS_OF_DAY},
+    "inter_purchase_days": _F, "dominant_category": _S,
+    "category_share": pl.List(pl.Struct({"category": _S, "share": _F})), "discount_share_365d": _F,
+    "repeat_buyer": _B, "active_months_12": _I, "lapsed": _B, "longest_gap_days": _I,
+    "signed_up": _B, "first_key_action_date": _D, "regular_use": _B, "expansion": _B,
+    "emails_sent_90d": _I, "email_open_rate_30d": _F, "email_open_rate_90d": _F, "email_click_rate_30d": _F,
+    "email_click_rate_90d": _F, "unsubscribed": _B, **{f"{c}_share_90d": _F for c in CHANNELS},
+    "preferred_channel": _S, "pricing_views_7d": _I, "cart_views_14d": _I, "cart_no_order_14d": _B,
+    "product_views_30d": _I, "product_views_repeat_30d": _I, "days_since_last_activity": _F,
+}
+
+
+def feature_schema(spec: FeaturesConfig) -> dict[str, pl.DataType]:
+    """Feature columns for this config (one seasonal share per configured window)."""
+    out = dict(FEATURE_SCHEMA)
+    for w in spec.seasonal_windows:
+        out[f"orders_share_{w.name}"] = pl.Float64()
+    return out
+
+
+def feature_definitions(spec: FeaturesConfig) -> dict[str, str]:
+    defs = dict(FEATURE_DEFINITIONS)
+    for w in spec.seasonal_windows:
+        defs[f"orders_share_{w.name}"] = f"Share of lifetime orders placed {w.start}..{w.end} (features.timezone)."
+    return defs
+
+
+def _preferred_channel() -> pl.Expr:
+    """The channel with the most activity in 90 days; ties go to the first of CHANNELS."""
+    top = pl.max_horizontal(*[pl.col(f"{c}_90d") for c in CHANNELS])
+    expr = pl.when(top <= 0).then(pl.lit(None, dtype=pl.String))
+    for c in CHANNELS:
+        expr = expr.when(pl.col(f"{c}_90d") == top).then(pl.lit(c))
+    return expr
+
+
+def window_months(month: str, days: int = 365) -> list[str]:
+    """Partition keys of the months a ``days`` window ending with ``month`` touches."""
+    end = next_month(month_start(month))
+    first = month_start(end - dt.timedelta(days=days))
+    out, cur = [], first
+    while cur < end:
+        out.append(cur.strftime("%Y-%m-%d"))
+        cur = next_month(cur)
+    return out
+
+
+def build_features(
+    state: pl.LazyFrame, daily: pl.LazyFrame, monthly: pl.LazyFrame, identity: pl.LazyFrame,
+    *, month: str, spec: FeaturesConfig,
+) -> pl.LazyFrame:
+    """Snapshot features as of the end of ``month``.
+
+    Parameters
+    ----------
+    state : LazyFrame
+        :func:`update_customer_state` through ``month``: every customer seen so far.
+    daily : LazyFrame
+        :func:`build_activity_daily` rows of (at least) the months :func:`window_months` names.
+    monthly : LazyFrame
+        :func:`build_activity_monthly` rows of (at least) the last 12 months.
+    identity : LazyFrame
+        :func:`segpipe.identity.customer_identity` of the month.
     """
     start = month_start(month)
-    end = next_month(start)
-    as_of = pl.lit(end, dtype=pl.Datetime("us", "UTC"))
-    m = pl.col("month")
+    end_dt = next_month(start)
+    end = end_dt.date()
+    last_day = end - dt.timedelta(days=1)
+    as_of = pl.lit(end_dt, dtype=_TS)
 
-    def since(col: str) -> pl.Expr:
-        return ((as_of - pl.col(col)).dt.total_seconds() / 86400.0)
+    def since(days: int) -> pl.Expr:
+        return pl.col("day") >= end - dt.timedelta(days=days)
 
-    def window(months: int) -> pl.Expr:
-        return m >= next_month(start, -(months - 1)).date()
+    d = daily.filter((pl.col("day") < end) & since(365))
 
-    return (
-        rollups.filter(m <= start.date())
-        .group_by("customer_id")
-        .agg(
-            pl.col("first_event_time").min().alias("first_seen"),
-            pl.col("last_event_time").max().alias("last_seen"),
-            pl.col("last_order_time").max().alias("last_order_time"),
-            pl.col("orders").sum().cast(pl.Int64).alias("orders_lifetime"),
-            pl.col("revenue").sum().alias("revenue_lifetime"),
-            pl.col("orders").filter(window(3)).sum().cast(pl.Int64).alias("orders_90d"),
-            pl.col("orders").filter(window(12)).sum().cast(pl.Int64).alias("orders_365d"),
-            pl.col("revenue").filter(window(12)).sum().alias("revenue_365d"),
-            pl.col("events").filter(m == start.date()).sum().cast(pl.Int64).alias("events_30d"),
-            m.filter(window(12)).n_unique().cast(pl.Int64).alias("active_months_12"),
-        )
-        .with_columns(
-            pl.lit(start.date()).alias("snapshot_month"),
-            since("first_seen").alias("tenure_days"),
-            since("last_seen").alias("days_since_last_activity"),
-            since("last_order_time").alias("recency_days"),
-            pl.when(pl.col("orders_lifetime") > 0)
-            .then(pl.col("revenue_lifetime") / pl.col("orders_lifetime"))
-            .otherwise(0.0)
-            .alias("avg_order_value"),
-        )
-        .join(identity, on="customer_id", how="left")
-        .with_columns(pl.col("identity").fill_null("anonymous"))
-        .select(list(FEATURE_DEFINITIONS))
-        .cast(FEATURE_SCHEMA)
-        .sort("customer_id")
+    def s(col: str, days: int) -> pl.Expr:
+        return pl.col(col).filter(since(days)).sum().cast(pl.Int64)
+
+    def days_with(cond: pl.Expr, days: int) -> pl.Expr:
+        return (cond & since(days)).sum().cast(pl.Int64)
+
+    active = pl.col("activity") > 0
+    win = d.group_by("customer_id").agg(
+        *[s("orders", n).alias(f"orders_{n}d") for n in (14, 30, 90, 365)],
+        *[pl.col("revenue").filter(since(n)).sum().alias(f"revenue_{n}d") for n in (30, 90, 365)],
+        pl.col("revenue").filter(since(180) & ~since(90)).sum().alias("revenue_prev_90d"),
+        *[days_with(active, n).alias(f"active_days_{n}d") for n in (7, 30, 90)],
+        (active & since(90) & ~since(30)).sum().cast(pl.Int64).alias("active_days_prev_60d"),
+        *[s("logins", n).alias(f"logins_{n}d") for n in (7, 30, 90)],
+        days_with(pl.col("app_events") > 0, 30).alias("app_days_30d"),
+        s("invites", 30).alias("invites_30d"), s("invites", 90).alias("invites_90d"),
+        s("upgrades", 90).alias("upgrades_90d"),
+        s("discount_orders", 365).alias("discount_orders_365d"),
+        s("activity", 90).alias("activity_90d"),
+        s("weekend_activity", 90).alias("weekend_90d"),
+        *[s(f"{p}_activity", 90).alias(f"{p}_90d") for p in PARTS_OF_DAY],
+        *[s(f"{c}_activity", 90).alias(f"{c}_90d") for c in CHANNELS],
+        s("emails_sent", 30).alias("sent_30d"), s("emails_sent", 90).alias("emails_sent_90d"),
+        s("email_opens", 30).alias("opens_30d"), s("email_opens", 90).alias("opens_90d"),
+        s("email_clicks", 30).alias("clicks_30d"), s("email_clicks", 90).alias("clicks_90d"),
+        s("pricing_views", 7).alias("pricing_views_7d"),
+        s("cart_views", 14).alias("cart_views_14d"),
+        s("product_views", 30).alias("product_views_30d"),
+        days_with(pl.col("product_views") > 0, 30).alias("product_view_days_30d"),
+    )
+    m12_first = next_month(start, -11).date()
+    m6_first = next_month(start, -5).date()
+    mon = monthly.filter((pl.col("month") >= m12_first) & (pl.col("month") <= start.date()))
+    months = mon.group_by("customer_id").agg(
+        (pl.col("activity") > 0).sum().cast(pl.Int64).alias("active_months_12"),
+        ((pl.col("activity") > 0) & (pl.col("month") >= m6_first)).sum().cast(pl.Int64).alias("active_months_6"),
+    )
+    cats = (
+        mon.select("customer_id", "category_revenue").explode("category_revenue").unnest("category_revenue")
+        .drop_nulls("category")
+        .group_by("customer_id", "category").agg(pl.col("revenue").sum())
+        .with_columns((pl.col("revenue") / pl.col("revenue").sum().over("customer_id")).round(9).alias("share"))
+        .sort("customer_id", "revenue", "category", descending=[False, True, False])
+        .group_by("customer_id", maintain_order=True)
+        .agg(pl.col("category").first().alias("dominant_category"),
+             pl.struct("category", "share").sort_by("category").alias("category_share"))
     )
 
+    def zero(*cols: str) -> list[pl.Expr]:
+        return [pl.col(c).fill_null(0) for c in cols]
 
-def snapshot_end(month: str) -> dt.datetime:
-    """Exclusive end (UTC) of the snapshot month."""
-    return next_month(month_start(month))
+    def rate(num: str, den: str) -> pl.Expr:
+        return pl.when(pl.col(den) > 0).then(pl.col(num) / pl.col(den)).otherwise(None)
+
+    def share(col: str) -> pl.Expr:
+        return rate(col, "activity_90d")
+
+    f = (
+        state.join(win, on="customer_id", how="left")
+        .join(months, on="customer_id", how="left")
+        .join(cats, on="customer_id", how="left")
+        .join(identity, on="customer_id", how="left")
+        .with_columns(
+            zero(*[c for c in win.collect_schema().names() if c != "customer_id"], "active_months_12", "active_months_6")
+        )
+        .with_columns(pl.col("revenue_30d", "revenue_90d", "revenue_365d", "revenue_prev_90d").cast(pl.Float64))
+    )
+    has_order = pl.col("orders") > 0
+    freq = (pl.col("order_days") - 1).clip(lower_bound=0)
+    repeat = freq > 0
+    app_days = pl.col("app_days_30d")
+    q_lo, q_hi = spec.usage_tier_quantiles
+    users = app_days > 0
+    lo = app_days.filter(users).quantile(q_lo, interpolation="lower")
+    hi = app_days.filter(users).quantile(q_hi, interpolation="lower")
+    f = f.with_columns(
+        pl.col("identity").fill_null("anonymous"),
+        pl.lit(start.date()).alias("snapshot_month"),
+        ((as_of - pl.col("first_seen")).dt.total_seconds() / 86400.0).alias("tenure_days"),
+        pl.col("first_order_day").alias("first_order_date"),
+        pl.col("last_order_day").alias("last_order_date"),
+        ((as_of - pl.col("last_order_time")).dt.total_seconds() / 86400.0).alias("recency_days"),
+        pl.col("orders").alias("orders_lifetime"),
+        pl.col("revenue").alias("revenue_lifetime"),
+        pl.when(has_order).then(pl.col("revenue") / pl.col("orders")).otherwise(0.0).alias("avg_order_value"),
+        pl.col("order_days").alias("purchase_days"),
+        pl.when(has_order).then(freq).alias("frequency"),
+        pl.when(has_order).then(pl.when(repeat).then(
+            (pl.col("last_order_day") - pl.col("first_order_day")).dt.total_days()).otherwise(0)).alias("recency"),
+        pl.when(has_order).then((pl.lit(last_day) - pl.col("first_order_day")).dt.total_days()).alias("T"),
+        pl.when(has_order).then(pl.when(repeat).then(
+            (pl.col("revenue") - pl.col("first_day_revenue")) / freq).otherwise(0.0)).alias("monetary_value"),
+        pl.col("features_used").list.len().cast(pl.Int64).alias("features_used_lifetime"),
+        pl.when(~users).then(pl.lit("non-user")).when(app_days >= hi).then(pl.lit("heavy"))
+        .when(app_days >= lo).then(pl.lit("medium")).otherwise(pl.lit("light")).alias("usage_tier"),
+        pl.when((pl.col("active_days_30d") + pl.col("active_days_prev_60d")) > 0).then(
+            pl.col("active_days_30d") / (pl.col("active_days_prev_60d") / 2).clip(lower_bound=0.5)).alias("usage_trend"),
+        share("weekend_90d").alias("weekend_share_90d"),
+        *[share(f"{p}_90d").alias(f"{p}_share_90d") for p in PARTS_OF_DAY],
+        pl.when(repeat).then((pl.col("last_order_day") - pl.col("first_order_day")).dt.total_days() / freq)
+        .alias("inter_purchase_days"),
+        rate("discount_orders_365d", "orders_365d").alias("discount_share_365d"),
+        (pl.col("order_days") >= 2).alias("repeat_buyer"),
+        (pl.col("last_active_day").is_null()
+         | (pl.col("last_active_day") < end - dt.timedelta(days=spec.lapsed_after_days))).alias("lapsed"),
+        pl.col("signup_time").is_not_null().alias("signed_up"),
+        pl.col("first_key_action_time").dt.date().alias("first_key_action_date"),
+        (pl.col("active_months_6") >= spec.regular_use_months).alias("regular_use"),
+        ((pl.col("invites_90d") > 0) | (pl.col("upgrades_90d") > 0)
+         | ((pl.col("revenue_90d") > pl.col("revenue_prev_90d")) & (pl.col("revenue_prev_90d") > 0))).alias("expansion"),
+        rate("opens_30d", "sent_30d").alias("email_open_rate_30d"),
+        rate("opens_90d", "emails_sent_90d").alias("email_open_rate_90d"),
+        rate("clicks_30d", "sent_30d").alias("email_click_rate_30d"),
+        rate("clicks_90d", "emails_sent_90d").alias("email_click_rate_90d"),
+        *[share(f"{c}_90d").alias(f"{c}_share_90d") for c in CHANNELS],
+        _preferred_channel().alias("preferred_channel"),
+        ((pl.col("cart_views_14d") > 0) & (pl.col("orders_14d") == 0)).alias("cart_no_order_14d"),
+        (pl.col("product_views_30d") - pl.col("product_view_days_30d")).clip(lower_bound=0).alias("product_views_repeat_30d"),
+        ((as_of - pl.col("last_seen")).dt.total_seconds() / 86400.0).alias("days_since_last_activity"),
+        pl.col("invites").alias("invites_lifetime"),
+        *[pl.when(has_order).then(pl.col(f"orders_{w.name}") / pl.col("orders")).alias(f"orders_share_{w.name}")
+          for w in spec.seasonal_windows],
+    )
+    schema = feature_schema(spec)
+    # Sums over many rows depend on summation order in the last bits; 9 decimals make re-runs
+    # byte-identical whatever order the engine summed in.
+    floats = [c for c, t in schema.items() if t == pl.Float64()]
+    return f.select(list(schema)).cast(schema).with_columns(pl.col(floats).round(9)).sort("customer_id")

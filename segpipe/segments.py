@@ -39,10 +39,20 @@ class Segmentation:
     k_scores: dict[int, float]
 
 
-def _matrix(features: pl.DataFrame, columns: list[str]) -> np.ndarray:
-    missing = [c for c in columns if c not in features.columns]
+def check_clustering_features(schema: dict, columns: list[str]) -> None:
+    """Raise ConfigError naming ``segments.clustering.features`` when a column is unknown or not numeric."""
+    from segpipe.config import ConfigError
+
+    missing = [c for c in columns if c not in schema]
     if missing:
-        raise ValueError(f"segments.clustering.features: unknown feature column(s) {missing}")
+        raise ConfigError(f"segments.clustering.features: unknown feature column(s) {missing}")
+    bad = [c for c in columns if not schema[c].is_numeric()]
+    if bad:
+        raise ConfigError(f"segments.clustering.features: column(s) {bad} are not numeric")
+
+
+def _matrix(features: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    check_clustering_features(features.schema, columns)
     exprs = []
     for c in columns:
         e = pl.col(c).cast(pl.Float64)
