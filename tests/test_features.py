@@ -1,0 +1,254 @@
+"""Feature store: hand-computed expectations per family, window edges, BTYD, incremental = scratch."""
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from segpipe.config import FeaturesConfig
+from segpipe.contract import EVENT_SCHEMA
+from segpipe.features import (
+    FEATURES,
+    build_activity_daily,
+    build_activity_monthly,
+    build_features,
+    feature_schema,
+    update_customer_state,
+)
+from segpipe.timeutil import month_key, month_range
+
+UTC = dt.timezone.utc
+SPEC = FeaturesConfig()
+
+
+def ev(cid: str, when: str, etype: str = "order", source: str | None = None, amount: float | None = None,
+       category: str | None = None, channel: str | None = None, detail: str | None = None) -> dict:
+    src = source or {"order": "orders", "page_view": "web"}.get(etype, "email" if etype.startswith("email") else "product")
+    t = dt.datetime.fromisoformat(when).replace(tzinfo=UTC)
+    return {"event_id": f"{cid}-{when}-{etype}", "customer_id": cid, "event_time": t, "source": src,
+            "event_type": etype, "amount": amount if amount is not None else (10.0 if etype == "order" else None),
+            "quantity": None, "category": category, "channel": channel, "detail": detail}
+
+
+def frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=EVENT_SCHEMA)
+
+
+def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, first: str | None = None) -> pl.DataFrame:
+    """Run the incremental path month by month, exactly as the assets do."""
+    keys = month_range(first or month_key(events["event_time"].min()), month)
+    state, dailies, monthlies = None, [], []
+    for m in keys:
+        lo = dt.datetime.fromisoformat(m).replace(tzinfo=UTC)
+        mev = events.filter(pl.col("event_time").dt.truncate("1mo") == lo).lazy()
+        d = build_activity_daily(mev, spec=spec).collect()
+        mo = build_activity_monthly(mev, month=m).collect()
+        state = update_customer_state(state.lazy() if state is not None else None, d.lazy(), mo.lazy(), spec=spec).collect()
+        dailies.append(d)
+        monthlies.append(mo)
+    ident = state.select("customer_id", pl.lit("customer").alias("identity")).lazy()
+    return build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), ident,
+                          month=month_key(month), spec=spec).collect()
+
+
+def row(f: pl.DataFrame, cid: str) -> dict:
+    return f.filter(pl.col("customer_id") == cid).row(0, named=True)
+
+
+def test_every_family_is_present_and_defined():
+    families = {fam for fam, _ in FEATURES.values()} - {"id"}
+    assert families == {"purchase", "usage", "occasion", "benefits", "loyalty", "journey", "channel", "intent"}
+    assert all(desc.strip() for _, desc in FEATURES.values())
+    assert set(feature_schema(SPEC)) == set(FEATURES) | {"orders_share_holiday"}
+
+
+def test_window_edges_at_the_snapshot_boundary():
+    f = features_for(frame([
+        ev("A", "2025-06-30 23:59:59"),          # last second of June: inside 7/30-day windows
+        ev("A", "2025-06-01 00:00:00"),          # first instant of the 30-day window (July 1 - 30 days)
+        ev("A", "2025-05-31 23:59:59"),          # just outside 30 days, inside 90
+        ev("A", "2025-07-01 00:00:00"),          # July: not part of the June snapshot
+    ]), "2025-06", first="2025-05")
+    a = row(f, "A")
+    assert (a["orders_30d"], a["orders_90d"], a["orders_lifetime"]) == (2, 3, 3)
+    assert a["active_days_7d"] == 1 and a["active_days_30d"] == 2
+    assert a["recency_days"] == pytest.approx(1 / 86400)
+    assert a["last_order_date"] == dt.date(2025, 6, 30)
+
+
+def test_single_order_customer_btyd():
+    f = features_for(frame([ev("B", "2025-06-10 12:00:00", amount=42.0)]), "2025-06")
+    b = row(f, "B")
+    assert (b["frequency"], b["recency"], b["T"], b["monetary_value"]) == (0, 0, 20, 0.0)
+    assert b["repeat_buyer"] is False and b["inter_purchase_days"] is None
+    assert b["avg_order_value"] == 42.0 and b["purchase_days"] == 1
+
+
+def test_btyd_in_lifetimes_convention_across_months_and_same_day_orders():
+    f = features_for(frame([
+        ev("C", "2025-04-03 08:00:00", amount=5.0),
+        ev("C", "2025-04-03 20:00:00", amount=7.0),   # same day as the first: one period
+        ev("C", "2025-05-10 10:00:00", amount=20.0),
+        ev("C", "2025-06-20 10:00:00", amount=10.0),
+        ev("C", "2025-06-20 11:00:00", amount=30.0),  # same day: that period's value is 40
+    ]), "2025-06")
+    c = row(f, "C")
+    assert c["frequency"] == 2
+    assert c["recency"] == (dt.date(2025, 6, 20) - dt.date(2025, 4, 3)).days
+    assert c["T"] == (dt.date(2025, 6, 30) - dt.date(2025, 4, 3)).days
+    assert c["monetary_value"] == pytest.approx((20.0 + 40.0) / 2)
+    assert c["orders_lifetime"] == 5 and c["purchase_days"] == 3
+    assert c["inter_purchase_days"] == pytest.approx(c["recency"] / 2)
+
+
+def test_leap_day_windows():
+    f = features_for(frame([
+        ev("L", "2024-01-30 12:00:00"),   # 31 days before 2024-03-01: outside 30 days
+        ev("L", "2024-01-31 00:00:00"),   # exactly 30 days before: inside
+        ev("L", "2024-02-29 18:00:00"),
+    ]), "2024-02", first="2024-01")
+    l_ = row(f, "L")
+    assert l_["orders_30d"] == 2 and l_["orders_90d"] == 3
+    assert l_["T"] == 30  # Jan 30 -> Feb 29 (leap day counted)
+    assert l_["recency"] == 30 and l_["frequency"] == 2
+
+
+def test_time_zone_moves_weekday_and_part_of_day():
+    rows = [ev("Z", "2025-06-07 03:00:00", "login")]  # Saturday 03:00 UTC = Friday 23:00 in New York
+    utc = row(features_for(frame(rows), "2025-06"), "Z")
+    ny = row(features_for(frame(rows), "2025-06", spec=FeaturesConfig(timezone="America/New_York")), "Z")
+    assert (utc["weekend_share_90d"], utc["night_share_90d"], utc["evening_share_90d"]) == (1.0, 1.0, 0.0)
+    assert (ny["weekend_share_90d"], ny["night_share_90d"], ny["evening_share_90d"]) == (0.0, 0.0, 1.0)
+
+
+def test_usage_channel_intent_and_journey_families():
+    events = frame([
+        ev("U", "2025-06-01 09:00:00", "signup", detail=None),
+        ev("U", "2025-06-02 09:00:00", "login"),
+        ev("U", "2025-06-02 09:05:00", "feature_used", detail="reports"),
+        ev("U", "2025-06-25 09:05:00", "feature_used", detail="export"),
+        ev("U", "2025-06-26 10:00:00", "invite_sent"),
+        ev("U", "2025-06-28 10:00:00", "login"),
+        ev("U", "2025-06-20 10:00:00", "email_sent", detail="c1"),
+        ev("U", "2025-06-20 11:00:00", "email_open", detail="c1"),
+        ev("U", "2025-06-21 10:00:00", "email_sent", detail="c2"),
+        ev("U", "2025-06-29 10:00:00", "page_view", detail="/pricing"),
+        ev("U", "2025-06-30 10:00:00", "page_view", detail="/pricing/plans"),
+        ev("U", "2025-06-30 10:01:00", "page_view", detail="/cart"),
+        ev("U", "2025-06-30 10:02:00", "page_view", detail="/product/toys/1"),
+        ev("U", "2025-06-30 10:03:00", "page_view", detail="/product/toys/1"),
+        ev("U", "2025-06-30 10:04:00", "email_unsubscribe"),
+        ev("Q", "2025-04-02 10:00:00"),  # a buyer who has done nothing for 89 days
+    ])
+    f = features_for(events, "2025-06", first="2025-04")
+    u, q = row(f, "U"), row(f, "Q")
+    assert (u["logins_7d"], u["logins_30d"], u["features_used_lifetime"], u["invites_30d"]) == (1, 2, 2, 1)
+    assert u["app_days_30d"] == 5 and u["signed_up"] and u["first_key_action_date"] == dt.date(2025, 6, 2)
+    assert u["expansion"] and not u["regular_use"]
+    assert (u["emails_sent_90d"], u["email_open_rate_30d"], u["email_click_rate_30d"]) == (2, 0.5, 0.0)
+    assert u["unsubscribed"]
+    # activity: 6 app events + 1 open + 5 page views = 12 (sends and the unsubscribe are not activity)
+    assert u["app_share_90d"] == pytest.approx(6 / 12) and u["web_share_90d"] == pytest.approx(5 / 12)
+    assert u["preferred_channel"] == "app"
+    assert (u["pricing_views_7d"], u["cart_views_14d"], u["cart_no_order_14d"]) == (2, 1, True)
+    assert (u["product_views_30d"], u["product_views_repeat_30d"]) == (2, 1)
+    # a customer without activity in the windows keeps his row: 0 counts, null rates
+    assert (q["orders_30d"], q["active_days_30d"], q["logins_30d"]) == (0, 0, 0)
+    assert q["email_open_rate_90d"] is None and q["usage_tier"] == "non-user"
+    assert q["lapsed"] is False and q["orders_90d"] == 1
+
+
+def test_loyalty_and_benefits():
+    events = frame([
+        ev("G", "2024-12-01 10:00:00", amount=100.0, category="toys", detail="XMAS"),
+        ev("G", "2024-12-20 10:00:00", amount=50.0, category="books"),
+        ev("G", "2025-03-05 10:00:00", amount=50.0, category="toys"),
+        ev("G", "2025-03-06 10:00:00", "login"),
+    ])
+    g = row(features_for(events, "2025-06", first="2024-12"), "G")
+    assert g["dominant_category"] == "toys"
+    assert {d["category"]: d["share"] for d in g["category_share"]} == {"books": 0.25, "toys": 0.75}
+    assert g["discount_share_365d"] == pytest.approx(1 / 3)
+    assert g["orders_share_holiday"] == pytest.approx(2 / 3)   # Dec 1 and Dec 20 fall in 11-15..12-31
+    assert g["repeat_buyer"] and g["active_months_12"] == 2  # December and March
+    assert g["longest_gap_days"] == (dt.date(2025, 3, 5) - dt.date(2024, 12, 20)).days - 1
+    assert g["lapsed"] is True  # last activity Mar 6, more than 90 days before Jul 1
+
+
+def test_usage_tiers_by_quantiles():
+    rows = []
+    for i, days in enumerate([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]):
+        rows += [ev(f"T{i}", f"2025-06-{d + 1:02d} 10:00:00", "login") for d in range(days)]
+    rows.append(ev("N", "2025-06-05 10:00:00"))
+    f = features_for(frame(rows), "2025-06")
+    tiers = dict(zip(f["customer_id"], f["usage_tier"]))
+    assert tiers["N"] == "non-user"
+    assert [tiers[f"T{i}"] for i in range(10)] == ["light"] * 4 + ["medium"] * 3 + ["heavy"] * 3
+
+
+def test_customers_stay_in_later_snapshots():
+    f = features_for(frame([ev("E", "2025-01-15 10:00:00")]), "2025-06", first="2025-01")
+    e = row(f, "E")
+    assert e["orders_lifetime"] == 1 and e["orders_90d"] == 0 and e["recency_days"] == pytest.approx(166.583333, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sample_events(tmp_path_factory) -> pl.DataFrame:
+    """Events of a small generated sample, stitched the simple way (customer id or email)."""
+    from segpipe.config import load_config
+    from segpipe.identity import build_identity_map, identity_links, stitch_events
+    from segpipe.ingest import ingest_source
+    from segpipe.sample import generate_sample
+
+    import yaml
+    root = tmp_path_factory.mktemp("fsample")
+    generate_sample(root / "data" / "sample", customers=400, months=5, start="2024-11", seed=3, bad_row_share=0)
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "segpipe.yaml").read_text())
+    (root / "segpipe.yaml").write_text(yaml.safe_dump(cfg))
+    config = load_config(root / "segpipe.yaml")
+    months = month_range("2024-11", "2025-03")
+    ingested = pl.concat([r.events for s in config.sources for r in ingest_source(config, s, months, key=b"k").values()])
+    imap = build_identity_map(identity_links(ingested.lazy()))
+    return stitch_events(ingested.lazy(), imap.lazy()).select(list(EVENT_SCHEMA)).collect()
+
+
+def test_btyd_equals_a_direct_per_customer_computation(sample_events):
+    f = features_for(sample_events, "2025-03", first="2024-11")
+    end_day = dt.date(2025, 3, 31)
+    orders = sample_events.filter(pl.col("event_type") == "order").with_columns(day=pl.col("event_time").dt.date())
+    checked = 0
+    for (cid,), grp in orders.group_by("customer_id"):
+        per_day = {}
+        for d, amt in zip(grp["day"], grp["amount"]):
+            per_day[d] = per_day.get(d, 0.0) + amt
+        days = sorted(per_day)
+        freq = len(days) - 1
+        expected = (freq, (days[-1] - days[0]).days if freq else 0, (end_day - days[0]).days,
+                    sum(per_day[d] for d in days[1:]) / freq if freq else 0.0)
+        r = row(f, cid)
+        assert (r["frequency"], r["recency"], r["T"]) == expected[:3], cid
+        assert r["monetary_value"] == pytest.approx(expected[3]), cid
+        checked += 1
+    assert checked > 100
+
+
+def test_incremental_features_equal_a_from_scratch_build(sample_events):
+    incremental = features_for(sample_events, "2025-03", first="2024-11")
+    lazy = sample_events.lazy()
+    daily = build_activity_daily(lazy, spec=SPEC)
+    monthly = pl.concat([build_activity_monthly(lazy.filter(pl.col("event_time").dt.strftime("%Y-%m") == m[:7]), month=m)
+                         for m in month_range("2024-11", "2025-03")])
+    state = update_customer_state(None, daily, monthly, spec=SPEC)
+    ident = state.select("customer_id", pl.lit("customer").alias("identity"))
+    scratch = build_features(state, daily, monthly, ident, month="2025-03-01", spec=SPEC).collect()
+    assert incremental.height > 300
+    assert_frame_equal(incremental, scratch)
+
+
+def test_docs_feature_table_is_current():
+    from segpipe.features import features_markdown
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "features.md"
+    assert path.read_text() == features_markdown(), "regenerate: python -m segpipe.features > docs/features.md"
