@@ -28,6 +28,24 @@ LAST_13_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-12, end_offset=0, a
 LAST_12_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-11, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
 _ROLLUP_DESCRIPTIONS = {
+    "discount_orders": "Orders with a discount code.", "app_events": "Product/app events.",
+    "logins": "App logins.", "feature_uses": "Feature-used events.", "invites": "Invites sent.",
+    "upgrades": "Upgrades.", "signups": "Signups.", "emails_sent": "Emails sent to the customer.",
+    "email_opens": "Email opens.", "email_clicks": "Email clicks.", "unsubscribes": "Email unsubscribes.",
+    "page_views": "Web page views.", "pricing_views": "Pricing page views.", "cart_views": "Cart / checkout page views.",
+    "product_views": "Product page views.", "web_activity": "Activity through the web.", "app_activity": "Activity in the app.",
+    "email_activity": "Email opens and clicks.", "store_activity": "Store orders.",
+    "night_activity": "Activity 00-06h (features.timezone).", "morning_activity": "Activity 06-12h.",
+    "afternoon_activity": "Activity 12-18h.", "evening_activity": "Activity 18-24h.",
+    "weekend_activity": "Activity on Saturday/Sunday (features.timezone).",
+    "orders_holiday": "Orders in the configured seasonal window 'holiday'.",
+    "first_seen": "First event ever.", "last_seen": "Last event so far.", "first_active_day": "First day with activity.",
+    "last_active_day": "Last day with activity.", "longest_gap_days": "Longest run of idle days between two active days.",
+    "first_order_time": "First order.", "last_order_time": "Last order.", "first_order_day": "UTC day of the first order.",
+    "last_order_day": "UTC day of the last order.", "order_days": "Distinct days with an order.",
+    "first_day_revenue": "Revenue on the first order day (for the BTYD monetary value).",
+    "signup_time": "First signup.", "first_key_action_time": "First order or feature use.",
+    "first_expansion_time": "First invite or upgrade.", "unsubscribed": "Unsubscribed from email at any time.",
     "day": "UTC day.", "first_time": "First event time of the day.", "last_time": "Last event time of the day.",
     "events": "Events (all kinds).", "activity": "Things the customer did: orders, app events, email opens/clicks, page views.",
     "month": "Month of the rollup.", "orders": "Orders.", "revenue": "Order revenue.",
@@ -75,7 +93,9 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "customer_activity_daily": dg.AssetIn("customer_activity_daily"),
             "customer_activity_monthly": dg.AssetIn("customer_activity_monthly"),
         },
-        metadata={"dagster/column_schema": column_schema(_state_schema(spec))},
+        metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
+            **_ROLLUP_DESCRIPTIONS, "orders": "Orders so far.", "revenue": "Order revenue so far.",
+            "invites": "Invites sent so far.", "features_used": "Distinct features used so far."})},
     )
     def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
                        previous_state: dict[str, pl.LazyFrame], customer_activity_daily: dict[str, pl.LazyFrame],

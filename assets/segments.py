@@ -1,5 +1,6 @@
-"""Segment assets: k-means membership and per-segment profiles per snapshot month."""
+"""Segment assets: the cluster model, membership and profiles of every scheme, outcomes, exports."""
 
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -7,63 +8,204 @@ import polars as pl
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
 from assets.partitions import monthly_partitions
 from assets.resources import SegpipeResource
+from segpipe.clustering import MODEL_SCHEMA, ClusterModel, fit_cluster_model
 from segpipe.config import SegpipeConfig
-from segpipe.segments import MEMBERSHIP_SCHEMA, segment_customers
+from segpipe.locks import write_partition_file
+from segpipe.segments import (
+    MEMBERSHIP_DESCRIPTIONS,
+    MEMBERSHIP_SCHEMA,
+    OUTCOME_SCHEMA,
+    PROFILE_FEATURES,
+    PROFILE_SCHEMA,
+    SCHEMES,
+    activation_export,
+    build_membership,
+    build_outcomes,
+    build_profiles,
+    clusterable,
+)
+from segpipe.timeutil import month_key, month_start, next_month
+
+PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
+NEXT_MONTH = dg.TimeWindowPartitionMapping(start_offset=1, end_offset=1, allow_nonexistent_upstream_partitions=True)
+REFIT_TAG = "segpipe/refit_model"
+
+
+def _refit_reason(pk: str, first: str, previous: ClusterModel | None, refit_months: list[int], forced: bool) -> str | None:
+    if previous is None or previous.frame.height == 0:
+        return "first model" if pk == first else "no previous model"
+    if forced:
+        return "refit requested (tag segpipe/refit_model)"
+    if month_start(pk).month in refit_months:
+        return "quarterly refit"
+    return None
 
 
 def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     monthly = monthly_partitions(config)
+    common = dict(partitions_def=monthly, owners=[OWNER], backfill_policy=dg.BackfillPolicy.single_run())
+
+    @dg.asset(
+        **common, group_name="segments", kinds={"scikit-learn", "parquet"},
+        ins={"customer_features": dg.AssetIn("customer_features"),
+             "previous_model": dg.AssetIn("segment_model", partition_mapping=PREVIOUS_MONTH)},
+        metadata={"dagster/column_schema": column_schema(MODEL_SCHEMA, {
+            "cluster_id": "Stable cluster id (kept across refits when behavior persists).",
+            "cluster_name": "Generated from the centroid profile, or configured in segments.clustering.names.",
+            "fitted_on": "Snapshot month the model was fitted on.", "k": "Number of clusters.",
+            "silhouette": "Sampled silhouette of the fit.", "size_share": "Share of fitted customers in the cluster.",
+            "features": "Clustering features.", "center": "Robust scaler centers (log1p units).",
+            "scale": "Robust scaler scales.", "centroid": "Centroid in scaled units.",
+            "profile": "Median of each feature in the cluster (raw units).",
+        })},
+    )
+    def segment_model(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                      customer_features: dict[str, pl.LazyFrame], previous_model: dict[str, pl.LazyFrame]):
+        """The behavioral cluster model in force for the month: k-means with automatic k, refit on
+        quarter-end snapshots (or on request) and carried forward otherwise; refit clusters keep the
+        ids of the previous model's clusters they match."""
+        cfg = segpipe.config().segments.clustering
+        keys = partitions_of(context)
+        first = monthly.get_first_partition_key()
+        prev_key = month_key(next_month(month_start(keys[0]), -1))
+        prev = ClusterModel(previous_model[prev_key].collect()) if prev_key in previous_model else None
+        forced = context.run.tags.get(REFIT_TAG) == "true"
+        out = {}
+        for pk in keys:
+            reason = _refit_reason(pk, first, prev, cfg.refit_months, forced and pk == keys[-1])
+            if reason:
+                feats = clusterable(require(customer_features, pk, "customer_features").collect())
+                if feats.height >= 2 * cfg.k_max:
+                    prev = fit_cluster_model(feats, cfg, previous=prev)
+                elif prev is None:
+                    prev = ClusterModel(pl.DataFrame(schema=MODEL_SCHEMA))
+                    reason = f"too few customers to cluster ({feats.height})"
+            assert prev is not None
+            out[pk] = prev.frame
+            m = prev.frame
+            context.add_asset_metadata(
+                {
+                    "refit": bool(reason), "reason": reason or "carried forward",
+                    "fitted_on": str(m["fitted_on"][0]) if m.height else "",
+                    "k": m.height, "silhouette": float(m["silhouette"][0]) if m.height else 0.0,
+                    **({"k_scores": dg.MetadataValue.json({str(k): v for k, v in prev.k_scores.items()})}
+                       if reason and prev.k_scores else {}),
+                    "clusters": preview(m.select("cluster_id", "cluster_name", pl.col("size_share").round(3)), 20),
+                },
+                partition_key=pk,
+            )
+        return out
 
     @dg.multi_asset(
         name="segment_customers",
-        ins={"customer_features": dg.AssetIn("customer_features")},
+        ins={"customer_features": dg.AssetIn("customer_features"), "segment_model": dg.AssetIn("segment_model")},
         outs={
             "segment_membership": dg.AssetOut(
-                group_name="segments",
-                kinds={"scikit-learn", "parquet"}, owners=[OWNER],
-                description="One row per customer: behavioral cluster (k-means, automatic k) with a reason.",
-                metadata={"dagster/column_schema": column_schema(MEMBERSHIP_SCHEMA, {
-                    "snapshot_month": "Snapshot month.", "segment_id": "Cluster id (C1 = highest mean revenue).",
-                    "segment_name": "Name generated from the cluster's median profile.",
-                    "reason": "Why the customer is in the segment.",
-                })},
+                group_name="segments", kinds={"polars", "parquet"}, owners=[OWNER],
+                description="One row per customer with every scheme's segment and the reason: RFM scores and "
+                            "map, rule segment, lifecycle stage, behavioral cluster.",
+                metadata={"dagster/column_schema": column_schema(MEMBERSHIP_SCHEMA, MEMBERSHIP_DESCRIPTIONS)},
             ),
             "segment_profiles": dg.AssetOut(
-                group_name="segments",
-                kinds={"polars", "parquet"}, owners=[OWNER],
-                description="Per segment: size, share of customers and revenue, median features, playbook action.",
+                group_name="segments", kinds={"polars", "parquet"}, owners=[OWNER],
+                description="Per scheme and segment: size, share of customers and revenue, medians of key "
+                            "features and the playbook action.",
+                metadata={"dagster/column_schema": column_schema(PROFILE_SCHEMA, {
+                    f"median_{c}": f"Median {c} of the segment's customers." for c in PROFILE_FEATURES})},
             ),
         },
         partitions_def=monthly,
         backfill_policy=dg.BackfillPolicy.single_run(),
         can_subset=False,
     )
-    def segment_customers_asset(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
-                                customer_features: dict[str, pl.LazyFrame]):
+    def segment_customers(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                          customer_features: dict[str, pl.LazyFrame], segment_model: dict[str, pl.LazyFrame]):
         cfg = segpipe.config()
         members, profiles = {}, {}
         for pk in partitions_of(context):
-            seg = segment_customers(require(customer_features, pk, "customer_features").collect(),
-                                    cfg.segments.clustering)
-            prof = seg.profiles.with_columns(
-                pl.col("segment_name").replace_strict(cfg.playbook, default="(no playbook action configured)")
-                .alias("playbook_action")
-            )
-            members[pk], profiles[pk] = seg.membership, prof
+            feats = require(customer_features, pk, "customer_features").collect()
+            model = ClusterModel(require(segment_model, pk, "segment_model").collect())
+            mem = build_membership(feats, model, cfg.segments)
+            prof = build_profiles(mem, feats, cfg.playbook)
+            members[pk], profiles[pk] = mem, prof
+            shares = {f"share_{r['scheme']}_{r['segment']}": r["share_customers"] for r in prof.iter_rows(named=True)
+                      if r["scheme"] in ("rfm", "cluster", "lifecycle")}
             context.add_asset_metadata(
-                {"dagster/row_count": seg.membership.height, "k": seg.k, "silhouette": seg.silhouette,
-                 "k_scores": dg.MetadataValue.json({str(k): v for k, v in seg.k_scores.items()}),
-                 **{f"share_{r['segment_id']}": r["share_customers"] for r in prof.iter_rows(named=True)}},
+                {"dagster/row_count": mem.height, **shares,
+                 "clusters": len(set(mem["cluster_id"].to_list()))},
                 asset_key="segment_membership", partition_key=pk,
             )
             context.add_asset_metadata(
                 {"dagster/row_count": prof.height,
-                 "profiles": preview(prof.select("segment_id", "segment_name", "customers",
-                                                 pl.col("share_customers").round(3), pl.col("share_revenue").round(3),
-                                                 "median_orders", "median_recency_days", "playbook_action"), 20)},
+                 "profiles": preview(prof.select("scheme", "segment", "customers", pl.col("share_customers").round(3),
+                                                 pl.col("share_revenue").round(3), "playbook_action"), 60)},
                 asset_key="segment_profiles", partition_key=pk,
             )
         yield dg.Output(members, output_name="segment_membership")
         yield dg.Output(profiles, output_name="segment_profiles")
 
-    return [segment_customers_asset]
+    @dg.asset(
+        **common, group_name="segments", kinds={"polars", "parquet"},
+        ins={"segment_membership": dg.AssetIn("segment_membership"),
+             "next_activity": dg.AssetIn("customer_activity_monthly", partition_mapping=NEXT_MONTH),
+             "next_features": dg.AssetIn("customer_features", partition_mapping=NEXT_MONTH)},
+        metadata={"dagster/column_schema": column_schema(OUTCOME_SCHEMA, {
+            "ordered_next": "Share of the segment's customers who ordered in the next month.",
+            "active_next": "Share with any activity in the next month.",
+            "revenue_next_per_customer": "Next month's revenue per customer of the segment.",
+            "churned_next": "Share without activity for lifecycle.churned_after_days at the next month's end.",
+            "ordered_lift": "ordered_next / the same share over all customers.",
+            "active_lift": "active_next / the same share over all customers.",
+            "revenue_lift": "revenue_next_per_customer / the same over all customers.",
+        })},
+    )
+    def segment_outcomes(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                         segment_membership: dict[str, pl.LazyFrame], next_activity: dict[str, pl.LazyFrame],
+                         next_features: dict[str, pl.LazyFrame]):
+        """What each segment's customers did in the next month (ordered, active, revenue, churned) and
+        the lift against all customers: how to check that 'At Risk' customers really lapse more.
+        Empty until the next month is built."""
+        cfg = segpipe.config()
+        out = {}
+        for pk in partitions_of(context):
+            nk = month_key(next_month(month_start(pk)))
+            res = build_outcomes(
+                require(segment_membership, pk, "segment_membership").collect(),
+                next_activity[nk].collect() if nk in next_activity else None,
+                churned_after_days=cfg.segments.lifecycle.churned_after_days,
+                features_next=next_features[nk].collect() if nk in next_features else None,
+            )
+            out[pk] = res
+            context.add_asset_metadata(
+                {"dagster/row_count": res.height, "next_month_available": res.height > 0,
+                 "outcomes": preview(res.select("scheme", "segment", "customers", pl.col("ordered_next").round(3),
+                                                pl.col("active_next").round(3), pl.col("ordered_lift").round(2)), 60)},
+                partition_key=pk,
+            )
+        return out
+
+    @dg.asset(
+        **common, group_name="exports", kinds={"csv"},
+        ins={"segment_membership": dg.AssetIn("segment_membership")},
+        metadata={"dagster/column_schema": column_schema(
+            {"customer_id": pl.String(), "segment": pl.String(), "action": pl.String()})},
+    )
+    def segment_exports(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                        segment_membership: dict[str, pl.LazyFrame]) -> dg.MaterializeResult:
+        """Activation files per scheme and month — customer_id, segment, action — ready for an email or
+        ads tool: {lake_dir}/exports/{scheme}/{YYYY-MM-01}.csv."""
+        cfg = segpipe.config()
+        base = Path(cfg.lake_path) / "exports"
+        for pk in partitions_of(context):
+            mem = require(segment_membership, pk, "segment_membership").collect()
+            paths = {}
+            for scheme in SCHEMES:
+                path = base / scheme / f"{pk}.csv"
+                frame = activation_export(mem, scheme, cfg.playbook)
+                write_partition_file(cfg.lake_path, f"segment_exports/{scheme}", pk, path,
+                                     lambda fh, frame=frame: frame.write_csv(fh))
+                paths[scheme] = dg.MetadataValue.path(str(path))
+            context.add_asset_metadata({"rows": mem.height, **paths}, partition_key=pk)
+        return dg.MaterializeResult()
+
+    return [segment_model, segment_customers, segment_outcomes, segment_exports]

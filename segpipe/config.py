@@ -159,17 +159,105 @@ class ClusteringConfig(_Model):
         default=0.02, ge=0, lt=0.5, description="A k whose smallest cluster is below this share is rejected."
     )
     random_state: int = Field(default=42, description="Seed for k-means and sampling.")
+    refit_months: list[int] = Field(
+        default=[3, 6, 9, 12], description="Months whose snapshot refits the model (quarter ends); others apply it."
+    )
+    match_max_distance: float = Field(
+        default=1.5, gt=0,
+        description="A refit cluster keeps the id of the previous model's cluster matched to it when their "
+        "centroids are closer than this (scaled units); otherwise it gets a new id.",
+    )
+    names: dict[str, str] = Field(default_factory=dict, description="Cluster id -> name, overriding generated names.")
 
     @model_validator(mode="after")
     def _k_range(self) -> ClusteringConfig:
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+        if any(not 1 <= m <= 12 for m in self.refit_months):
+            raise ValueError(f"refit_months must be calendar months 1..12, got {self.refit_months}")
+        return self
+
+
+class RfmRule(_Model):
+    """One entry of the RFM segment map: score ranges 'lo-hi' (or a single score); first match wins."""
+
+    name: str
+    r: str = Field(description="Recency score range, e.g. '4-5'.")
+    f: str = Field(description="Frequency score range, e.g. '1-2'.")
+
+    @field_validator("r", "f")
+    @classmethod
+    def _range(cls, value: str) -> str:
+        lo, _, hi = str(value).partition("-")
+        try:
+            lo_i, hi_i = int(lo), int(hi or lo)
+        except ValueError as exc:
+            raise ValueError(f"expected a score range like '4-5', got {value!r}") from exc
+        if not 1 <= lo_i <= hi_i <= 5:
+            raise ValueError(f"scores are 1..5 and lo <= hi, got {value!r}")
+        return value
+
+    def bounds(self, which: str) -> tuple[int, int]:
+        lo, _, hi = getattr(self, which).partition("-")
+        return int(lo), int(hi or lo)
+
+
+#: The classic RFM segment map (R and F scores), first match wins.
+DEFAULT_RFM_MAP: list[dict[str, str]] = [
+    {"name": "Champions", "r": "5", "f": "4-5"},
+    {"name": "Loyal Customers", "r": "3-4", "f": "4-5"},
+    {"name": "Can't Lose Them", "r": "1", "f": "5"},
+    {"name": "At Risk", "r": "1-2", "f": "3-5"},
+    {"name": "Potential Loyalist", "r": "4-5", "f": "2-3"},
+    {"name": "New Customers", "r": "5", "f": "1"},
+    {"name": "Promising", "r": "4", "f": "1"},
+    {"name": "Need Attention", "r": "3", "f": "3"},
+    {"name": "About To Sleep", "r": "3", "f": "1-2"},
+    {"name": "Lost", "r": "1", "f": "1"},
+    {"name": "Hibernating", "r": "1-2", "f": "1-2"},
+]
+
+
+class RfmConfig(_Model):
+    """RFM scoring: quintile scores over buyers and a segment map."""
+
+    recency: str = Field(default="recency_days", description="Feature for R (lower is better).")
+    frequency: str = Field(default="orders_lifetime", description="Feature for F.")
+    monetary: str = Field(default="revenue_lifetime", description="Feature for M.")
+    segment_map: list[RfmRule] = Field(
+        default_factory=lambda: [RfmRule(**r) for r in DEFAULT_RFM_MAP],
+        description="Ordered (name, R range, F range) rules; first match wins.",
+    )
+    no_purchase_label: str = Field(default="No purchases yet", description="Label of customers who never ordered.")
+
+
+class RuleSegment(_Model):
+    """A declarative segment: a SQL-like condition over feature columns."""
+
+    name: str
+    where: str = Field(description="SQL expression over feature columns, e.g. 'pricing_views_7d >= 3 AND orders_30d = 0'.")
+
+
+class LifecycleConfig(_Model):
+    """Thresholds of the lifecycle / journey stages."""
+
+    churned_after_days: int = Field(default=180, ge=1, description="No activity for this long: churned.")
+    lapsed_after_days: int = Field(default=60, ge=1, description="No activity for this long: lapsed.")
+
+    @model_validator(mode="after")
+    def _order(self) -> LifecycleConfig:
+        if self.lapsed_after_days >= self.churned_after_days:
+            raise ValueError("lapsed_after_days must be below churned_after_days")
         return self
 
 
 class SegmentsConfig(_Model):
     """Segmentation schemes (RFM, rules, lifecycle, clusters)."""
 
+    rfm: RfmConfig = Field(default_factory=RfmConfig)
+    rules: list[RuleSegment] = Field(default_factory=list, description="Rule segments; first match wins.")
+    rules_default: str = Field(default="Unsegmented", description="Label when no rule matches.")
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
 
 

@@ -97,6 +97,16 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "reason": "Why the row was quarantined.",
     "raw": "The raw row as read (direct identifiers redacted).",
     **{k: v for k, v in CANONICAL_INPUT_COLUMNS.items() if k not in ("customer_id",)},
+    "snapshot_month": "Snapshot month (as of the end of this month, UTC).",
+    "identity": "customer (own customer id), contact (email/app account only) or anonymous (cookies only).",
+    "scheme": "Segment scheme: rfm, rules, lifecycle or cluster.",
+    "segment": "Segment name within the scheme.",
+    "customers": "Customers in the segment.",
+    "share_customers": "Share of the snapshot's customers in the segment.",
+    "revenue_365d": "Order revenue of the segment's customers in the last 365 days.",
+    "share_revenue": "Share of the last 365 days' revenue.",
+    "playbook_action": "Action from the config's playbook for this segment.",
+    "action": "Action from the config's playbook for this segment.",
 }
 
 

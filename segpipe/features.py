@@ -43,6 +43,15 @@ DAILY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def money_sum(expr: pl.Expr) -> pl.Expr:
+    """Sum of money amounts in whole cents (exact integer arithmetic), back in currency units.
+
+    Float sums depend on summation order in their last bits, which the streaming engine does not
+    fix; summing integer cents makes every re-run byte-identical. Amounts are rounded to cents.
+    """
+    return (expr * 100).round(0).cast(pl.Int64).sum().cast(pl.Float64) / 100
+
+
 def _seasonal_columns(spec: FeaturesConfig) -> list[str]:
     return [f"orders_{w.name}" for w in spec.seasonal_windows]
 
@@ -86,7 +95,7 @@ def build_activity_daily(events: pl.LazyFrame, *, spec: FeaturesConfig) -> pl.La
         pl.col("event_time").max().alias("last_time"),
         pl.len().cast(pl.UInt32).alias("events"),
         n(is_order).alias("orders"),
-        pl.col("amount").filter(is_order).sum().alias("revenue"),
+        money_sum(pl.col("amount").filter(is_order)).alias("revenue"),
         n(is_order & detail.str.contains(spec.discount_code)).alias("discount_orders"),
         n(src == "product").alias("app_events"),
         n(et == "login").alias("logins"),
@@ -137,13 +146,13 @@ def build_activity_monthly(events: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
         (is_order | (pl.col("source") == "product") | pl.col("event_type").is_in(["email_open", "email_click"])
          | (pl.col("source") == "web")).sum().cast(pl.UInt32).alias("activity"),
         is_order.sum().cast(pl.UInt32).alias("orders"),
-        pl.col("amount").filter(is_order).sum().alias("revenue"),
+        money_sum(pl.col("amount").filter(is_order)).alias("revenue"),
         pl.col("detail").filter(pl.col("event_type") == "feature_used").drop_nulls().unique().sort().alias("features_used"),
     )
     cats = (
         events.filter(is_order)
         .group_by("customer_id", pl.col("category").fill_null("unknown"))
-        .agg(pl.len().cast(pl.UInt32).alias("orders"), pl.col("amount").sum().alias("revenue"))
+        .agg(pl.len().cast(pl.UInt32).alias("orders"), money_sum(pl.col("amount")).alias("revenue"))
         .sort("customer_id", "category")
         .group_by("customer_id")
         .agg(pl.struct("category", "orders", "revenue").sort_by(pl.col("category")).alias("category_revenue"))
@@ -194,8 +203,8 @@ def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfi
         pl.col("day").filter(has_order).max().alias("last_order_day"),
         pl.col("orders").sum().cast(pl.Int64).alias("orders"),
         has_order.sum().cast(pl.Int64).alias("order_days"),
-        pl.col("revenue").sum().alias("revenue"),
-        pl.col("revenue").filter(pl.col("day") == first_order_day).sum().alias("first_day_revenue"),
+        money_sum(pl.col("revenue")).alias("revenue"),
+        money_sum(pl.col("revenue").filter(pl.col("day") == first_order_day)).alias("first_day_revenue"),
         pl.col("invites").sum().cast(pl.Int64).alias("invites"),
         pl.col("first_time").filter(pl.col("signups") > 0).min().alias("signup_time"),
         pl.col("first_time").filter(key).min().alias("first_key_action_time"),
@@ -238,7 +247,7 @@ def update_customer_state(
         pl.max_horizontal("longest_gap_days", "longest_gap_days_new", bridge).fill_null(0).cast(pl.Int64)
         .alias("longest_gap_days"),
         earliest("first_order_time"), latest("last_order_time"), earliest("first_order_day"), latest("last_order_day"),
-        total("orders"), total("order_days"), total("revenue"), total("invites"),
+        total("orders"), total("order_days"), (total("revenue") * 100).round(0) / 100, total("invites"),
         pl.when(pl.col("first_order_day").is_not_null()).then(pl.col("first_day_revenue"))
         .otherwise(pl.col("first_day_revenue_new")).alias("first_day_revenue"),
         earliest("signup_time"), earliest("first_key_action_time"), earliest("first_expansion_time"),
@@ -422,8 +431,8 @@ def build_features(
     active = pl.col("activity") > 0
     win = d.group_by("customer_id").agg(
         *[s("orders", n).alias(f"orders_{n}d") for n in (14, 30, 90, 365)],
-        *[pl.col("revenue").filter(since(n)).sum().alias(f"revenue_{n}d") for n in (30, 90, 365)],
-        pl.col("revenue").filter(since(180) & ~since(90)).sum().alias("revenue_prev_90d"),
+        *[money_sum(pl.col("revenue").filter(since(n))).alias(f"revenue_{n}d") for n in (30, 90, 365)],
+        money_sum(pl.col("revenue").filter(since(180) & ~since(90))).alias("revenue_prev_90d"),
         *[days_with(active, n).alias(f"active_days_{n}d") for n in (7, 30, 90)],
         (active & since(90) & ~since(30)).sum().cast(pl.Int64).alias("active_days_prev_60d"),
         *[s("logins", n).alias(f"logins_{n}d") for n in (7, 30, 90)],
@@ -453,7 +462,7 @@ def build_features(
     cats = (
         mon.select("customer_id", "category_revenue").explode("category_revenue").unnest("category_revenue")
         .drop_nulls("category")
-        .group_by("customer_id", "category").agg(pl.col("revenue").sum())
+        .group_by("customer_id", "category").agg(money_sum(pl.col("revenue")).alias("revenue"))
         .with_columns((pl.col("revenue") / pl.col("revenue").sum().over("customer_id")).round_sig_figs(12).alias("share"))
         .sort("customer_id", "revenue", "category", descending=[False, True, False])
         .group_by("customer_id", maintain_order=True)

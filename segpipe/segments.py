@@ -1,48 +1,56 @@
-"""First segmentation stage: k-means on RFM features with automatic k, named from centroids.
+"""Segment membership, profiles, outcomes and activation exports across every scheme.
 
-Cluster ids are ordered by mean lifetime revenue (C1 spends most) so they are deterministic for a
-given snapshot; stable identities across refits come with the segment-scheme work.
+Schemes: ``rfm`` (scores and map), ``rules`` (declarative), ``lifecycle`` (journey stage) and
+``cluster`` (k-means model, see :mod:`segpipe.clustering`). Membership is one row per customer
+with every scheme's label and reason; profiles and outcomes are long tables keyed by
+``(scheme, segment)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import polars as pl
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, RobustScaler
 
-from segpipe.config import ClusteringConfig
+from segpipe.clustering import ANONYMOUS_ID, ANONYMOUS_NAME, ClusterModel
+from segpipe.config import ConfigError, SegmentsConfig
+from segpipe.schemes import lifecycle_stage, rule_segments, score_rfm
 
-MEMBERSHIP_SCHEMA = {
-    "customer_id": pl.String,
-    "snapshot_month": pl.Date,
-    "segment_id": pl.String,
-    "segment_name": pl.String,
-    "reason": pl.String,
+SCHEMES: dict[str, str] = {
+    "rfm": "rfm_segment", "rules": "rule_segment", "lifecycle": "lifecycle_stage", "cluster": "cluster_name",
 }
-
-
-ANONYMOUS_ID = "A0"
-ANONYMOUS_NAME = "Anonymous visitors"
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    membership: pl.DataFrame  # MEMBERSHIP_SCHEMA
-    profiles: pl.DataFrame  # one row per segment
-    k: int
-    silhouette: float
-    k_scores: dict[int, float]
+MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "snapshot_month": pl.Date(), "identity": pl.String(),
+    "r_score": pl.Int8(), "f_score": pl.Int8(), "m_score": pl.Int8(), "rfm_segment": pl.String(), "rfm_reason": pl.String(),
+    "rule_segment": pl.String(), "rule_reason": pl.String(),
+    "lifecycle_stage": pl.String(), "lifecycle_reason": pl.String(),
+    "cluster_id": pl.String(), "cluster_name": pl.String(), "cluster_reason": pl.String(),
+}
+MEMBERSHIP_DESCRIPTIONS = {
+    "r_score": "Recency score 1-5 (quintiles over buyers; 5 = most recent).",
+    "f_score": "Frequency score 1-5.", "m_score": "Monetary score 1-5.",
+    "rfm_segment": "RFM segment from the (R, F) map.", "rfm_reason": "Scores and values behind the RFM segment.",
+    "rule_segment": "First matching rule segment.", "rule_reason": "The rule's condition.",
+    "lifecycle_stage": "Journey stage.", "lifecycle_reason": "Why this stage.",
+    "cluster_id": "Stable behavioral cluster id.", "cluster_name": "Cluster name (generated or configured).",
+    "cluster_reason": "Distance to the centroid (scaled units) of the nearest cluster.",
+}
+PROFILE_FEATURES = ("recency_days", "orders_365d", "revenue_365d", "avg_order_value", "active_days_30d",
+                    "days_since_last_activity")
+PROFILE_SCHEMA: dict[str, pl.DataType] = {
+    "snapshot_month": pl.Date(), "scheme": pl.String(), "segment": pl.String(), "customers": pl.Int64(),
+    "share_customers": pl.Float64(), "revenue_365d": pl.Float64(), "share_revenue": pl.Float64(),
+    **{f"median_{c}": pl.Float64() for c in PROFILE_FEATURES}, "playbook_action": pl.String(),
+}
+OUTCOME_SCHEMA: dict[str, pl.DataType] = {
+    "snapshot_month": pl.Date(), "scheme": pl.String(), "segment": pl.String(), "customers": pl.Int64(),
+    "ordered_next": pl.Float64(), "active_next": pl.Float64(), "revenue_next_per_customer": pl.Float64(),
+    "churned_next": pl.Float64(), "ordered_lift": pl.Float64(), "active_lift": pl.Float64(),
+    "revenue_lift": pl.Float64(),
+}
+NO_ACTION = "(no playbook action configured)"
 
 
 def check_clustering_features(schema: dict, columns: list[str]) -> None:
     """Raise ConfigError naming ``segments.clustering.features`` when a column is unknown or not numeric."""
-    from segpipe.config import ConfigError
-
     missing = [c for c in columns if c not in schema]
     if missing:
         raise ConfigError(f"segments.clustering.features: unknown feature column(s) {missing}")
@@ -51,128 +59,129 @@ def check_clustering_features(schema: dict, columns: list[str]) -> None:
         raise ConfigError(f"segments.clustering.features: column(s) {bad} are not numeric")
 
 
-def _matrix(features: pl.DataFrame, columns: list[str]) -> np.ndarray:
-    check_clustering_features(features.schema, columns)
-    exprs = []
-    for c in columns:
-        e = pl.col(c).cast(pl.Float64)
-        if c == "recency_days":  # never ordered: farther than anyone who did
-            e = e.fill_null(pl.col(c).max().fill_null(0.0) + 30.0)
-        exprs.append(e.fill_null(0.0).clip(lower_bound=0.0))
-    return features.select(exprs).to_numpy()
+def clusterable(features: pl.DataFrame) -> pl.DataFrame:
+    """The customers the cluster model is fitted on: known ones (anonymous visitors are not)."""
+    return features.filter(pl.col("identity") != "anonymous")
 
 
-def choose_k(x: np.ndarray, cfg: ClusteringConfig) -> tuple[int, dict[int, float]]:
-    """k in [k_min, k_max] with the best sampled silhouette whose smallest cluster holds at least
-    ``min_segment_share`` of rows; falls back to k_min when no k qualifies."""
-    n = x.shape[0]
-    rng = np.random.default_rng(cfg.random_state)
-    sample = rng.choice(n, size=min(n, cfg.silhouette_sample), replace=False) if n > 0 else np.array([], int)
-    scores: dict[int, float] = {}
-    best, best_score = cfg.k_min, -np.inf
-    for k in range(cfg.k_min, min(cfg.k_max, max(n - 1, cfg.k_min)) + 1):
-        km = KMeans(n_clusters=k, n_init=4, random_state=cfg.random_state).fit(x)
-        labels = km.labels_
-        if len(np.unique(labels[sample])) < 2:
-            continue
-        score = float(silhouette_score(x[sample], labels[sample]))
-        scores[k] = round(score, 4)
-        share = np.bincount(labels, minlength=k).min() / n
-        if share >= cfg.min_segment_share and score > best_score:
-            best, best_score = k, score
-    return best, scores
-
-
-def _name(c: dict, pop: dict) -> str:
-    if c["orders_lifetime"] < 0.5:
-        return "Engaged non-buyers" if c["days_since_last_activity"] <= 45 else "Dormant non-buyers"
-    rec = c["recency_days"]
-    when = "Active" if rec <= 60 else ("Cooling" if rec <= 180 else "Dormant")
-    freq = "frequent" if c["orders_365d"] >= max(pop["orders_365d_p75"], 2) else (
-        "occasional" if c["orders_365d"] >= 1 else "past")
-    value = "high-value" if c["avg_order_value"] >= pop["aov_median"] else "low-value"
-    return f"{when} {freq} {value} buyers"
-
-
-def segment_customers(features: pl.DataFrame, cfg: ClusteringConfig) -> Segmentation:
-    """Cluster the snapshot's customers; return membership with a reason and per-segment profiles."""
-    features = features.sort("customer_id")
-    anonymous = features.filter(pl.col("identity") == "anonymous") if "identity" in features.columns else features.clear()
-    if anonymous.height:
-        features = features.filter(pl.col("identity") != "anonymous")
-    x = _matrix(features, cfg.features)
-    if features.height < 2 * cfg.k_max:
-        # Too few customers to cluster meaningfully (an empty or tiny month): one segment.
-        k, scores, labels = 1, {}, np.zeros(features.height, dtype=np.int32)
+def assign_clusters(features: pl.DataFrame, model: ClusterModel | None) -> pl.DataFrame:
+    """Cluster id, name and reason per customer; anonymous visitors get their own segment."""
+    known = clusterable(features)
+    anon = features.filter(pl.col("identity") == "anonymous").select(
+        "customer_id", pl.lit(ANONYMOUS_ID).alias("cluster_id"), pl.lit(ANONYMOUS_NAME).alias("cluster_name"),
+        pl.lit("anonymous web visitor (cookies only): not clustered").alias("cluster_reason"))
+    if model is None or model.frame.height == 0 or known.height == 0:
+        rest = known.select("customer_id", pl.lit("C0").alias("cluster_id"), pl.lit("Unclustered").alias("cluster_name"),
+                            pl.lit("no cluster model yet").alias("cluster_reason"))
     else:
-        model = make_pipeline(FunctionTransformer(np.log1p), RobustScaler())
-        xs = model.fit_transform(x)
-        k, scores = choose_k(xs, cfg)
-        labels = KMeans(n_clusters=k, n_init=4, random_state=cfg.random_state).fit(xs).labels_
-    f = features.with_columns(pl.Series("__cluster", labels, dtype=pl.Int32))
-    order = (
-        f.group_by("__cluster").agg(pl.col("revenue_lifetime").mean().alias("r"))
-        .sort(["r", "__cluster"], descending=[True, False])["__cluster"].to_list()
+        ids, dist = model.assign(known)
+        names = dict(zip(model.frame["cluster_id"], model.frame["cluster_name"]))
+        rest = known.select("customer_id").with_columns(
+            ids, pl.Series("cluster_name", [names[i] for i in ids.to_list()], dtype=pl.String),
+            pl.format("nearest centroid {} at distance {}", pl.lit(ids), pl.Series(dist).round(2)).alias("cluster_reason"))
+    return pl.concat([rest, anon]).sort("customer_id")
+
+
+def build_membership(features: pl.DataFrame, model: ClusterModel | None, cfg: SegmentsConfig) -> pl.DataFrame:
+    """One row per customer with every scheme's label and reason."""
+    features = features.sort("customer_id")
+    out = (
+        features.select("customer_id", "snapshot_month", "identity")
+        .join(score_rfm(features, cfg.rfm), on="customer_id", how="left", maintain_order="left")
+        .join(rule_segments(features, cfg.rules, default=cfg.rules_default), on="customer_id", how="left", maintain_order="left")
+        .join(lifecycle_stage(features, cfg.lifecycle), on="customer_id", how="left", maintain_order="left")
+        .join(assign_clusters(features, model), on="customer_id", how="left", maintain_order="left")
     )
-    seg_id = {c: f"C{i + 1}" for i, c in enumerate(order)}
-    med = f.group_by("__cluster").agg(
-        pl.col(c).cast(pl.Float64).median() for c in
-        ("orders_lifetime", "recency_days", "orders_365d", "avg_order_value", "days_since_last_activity")
-    ).fill_null(1e9)
-    buyers = f.filter(pl.col("orders_lifetime") > 0)
-    pop = {
-        "orders_365d_p75": float(buyers["orders_365d"].quantile(0.75) or 0) if buyers.height else 0.0,
-        "aov_median": float(buyers["avg_order_value"].median() or 0) if buyers.height else 0.0,
-    }
-    names: dict[int, str] = {}
-    used: dict[str, int] = {}
-    for row in med.sort("__cluster").iter_rows(named=True):
-        names[row["__cluster"]] = _name(row, pop)
-    for c in order:  # disambiguate equal names, highest revenue keeps the plain name
-        n = names[c]
-        used[n] = used.get(n, 0) + 1
-        if used[n] > 1:
-            names[c] = f"{n} ({seg_id[c]})"
-    mapping = pl.DataFrame(
-        {"__cluster": order, "segment_id": [seg_id[c] for c in order], "segment_name": [names[c] for c in order]},
-        schema={"__cluster": f.schema["__cluster"], "segment_id": pl.String, "segment_name": pl.String},
-    )
-    f = f.join(mapping, on="__cluster", maintain_order="left")
-    membership = f.select(
-        "customer_id", "snapshot_month", "segment_id", "segment_name",
-        pl.format(
-            "k-means cluster {}: {} orders, recency {} days, AOV {}",
-            "segment_id", "orders_lifetime",
-            pl.col("recency_days").round(0).cast(pl.Int64).cast(pl.String).fill_null("n/a"),
-            pl.col("avg_order_value").round(2),
-        ).alias("reason"),
-    ).cast(MEMBERSHIP_SCHEMA).sort("customer_id")
-    if anonymous.height:
-        # Visitors known only by cookies are not clustered: nothing but page views to go on.
-        membership = pl.concat([membership, anonymous.select(
-            "customer_id", "snapshot_month", pl.lit(ANONYMOUS_ID).alias("segment_id"),
-            pl.lit(ANONYMOUS_NAME).alias("segment_name"),
-            pl.lit("anonymous web visitor (cookies only): not clustered").alias("reason"),
-        ).cast(MEMBERSHIP_SCHEMA)]).sort("customer_id")
-        f = pl.concat([f, anonymous.with_columns(
-            pl.lit(-1, pl.Int32).alias("__cluster"), pl.lit(ANONYMOUS_ID).alias("segment_id"),
-            pl.lit(ANONYMOUS_NAME).alias("segment_name"))], how="diagonal_relaxed")
-    total_rev = float(f["revenue_lifetime"].sum()) or 1.0
-    profiles = (
-        f.group_by("segment_id", "segment_name")
-        .agg(
-            pl.len().alias("customers"),
-            pl.col("revenue_lifetime").sum().alias("revenue"),
-            pl.col("orders_lifetime").median().alias("median_orders"),
-            pl.col("recency_days").median().alias("median_recency_days"),
-            pl.col("avg_order_value").median().alias("median_aov"),
-        )
+    return out.select(list(MEMBERSHIP_SCHEMA)).cast(MEMBERSHIP_SCHEMA).sort("customer_id")
+
+
+def _long(membership: pl.DataFrame) -> pl.DataFrame:
+    """(customer, scheme, segment) rows."""
+    return pl.concat([
+        membership.select("customer_id", pl.lit(scheme).alias("scheme"), pl.col(col).alias("segment"))
+        for scheme, col in SCHEMES.items()
+    ])
+
+
+def build_profiles(membership: pl.DataFrame, features: pl.DataFrame, playbook: dict[str, str]) -> pl.DataFrame:
+    """Per scheme and segment: size, shares of customers and 365-day revenue, median features, action."""
+    feats = features.select("customer_id", *PROFILE_FEATURES)
+    long = _long(membership).join(feats, on="customer_id", how="left")
+    total_rev = float(features["revenue_365d"].sum() or 0.0)
+    n = max(membership.height, 1)
+    month = membership["snapshot_month"].first() if membership.height else None
+    prof = (
+        long.group_by("scheme", "segment")
+        .agg(pl.len().cast(pl.Int64).alias("customers"), pl.col("revenue_365d").sum().alias("revenue_365d"),
+             *[pl.col(c).cast(pl.Float64).median().alias(f"median_{c}") for c in PROFILE_FEATURES])
         .with_columns(
-            (pl.col("customers") / max(f.height, 1)).alias("share_customers"),
-            (pl.col("revenue") / total_rev).alias("share_revenue"),
-            pl.lit(features["snapshot_month"].first(), dtype=pl.Date).alias("snapshot_month"),
+            pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
+            (pl.col("customers") / n).alias("share_customers"),
+            (pl.col("revenue_365d") / total_rev if total_rev else pl.lit(0.0)).alias("share_revenue"),
+            pl.col("segment").replace_strict(playbook, default=NO_ACTION, return_dtype=pl.String).alias("playbook_action"),
         )
-        .sort("segment_id")
     )
-    sil = scores.get(k, float("nan"))
-    return Segmentation(membership=membership, profiles=profiles, k=k, silhouette=sil, k_scores=scores)
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    return (
+        prof.with_columns(pl.col("scheme").replace_strict(order, return_dtype=pl.Int32).alias("__o"))
+        .sort("__o", "customers", "segment", descending=[False, True, False])
+        .select(list(PROFILE_SCHEMA)).cast(PROFILE_SCHEMA)
+    )
+
+
+def build_outcomes(membership: pl.DataFrame, next_month: pl.DataFrame | None, *, churned_after_days: int,
+                   features_next: pl.DataFrame | None = None) -> pl.DataFrame:
+    """What the customers of each segment at M did in M+1, and the lift against all known customers.
+
+    ``next_month`` is the monthly activity rollup of M+1 (customer_id, orders, revenue, activity);
+    ``features_next`` (optional) gives ``days_since_last_activity`` at the end of M+1 for churn.
+    Returns no rows when M+1 has not been built yet.
+    """
+    if next_month is None:
+        return pl.DataFrame(schema=OUTCOME_SCHEMA)
+    nxt = next_month.select("customer_id", (pl.col("orders") > 0).alias("ordered"),
+                            (pl.col("activity") > 0).alias("active"), pl.col("revenue"))
+    long = _long(membership).join(nxt, on="customer_id", how="left").with_columns(
+        pl.col("ordered", "active").fill_null(False), pl.col("revenue").fill_null(0.0))
+    if features_next is not None:
+        churn = features_next.select("customer_id", (pl.col("days_since_last_activity") >= churned_after_days).alias("churned"))
+        long = long.join(churn, on="customer_id", how="left").with_columns(pl.col("churned").fill_null(False))
+    else:
+        long = long.with_columns(pl.lit(None, pl.Boolean).alias("churned"))
+    # Lift is measured against the addressable customers (anonymous cookies are not a population
+    # anyone can act on, and their near-zero activity would flatter every segment).
+    known = membership.filter(pl.col("identity") != "anonymous").select("customer_id")
+    pop = long.filter(pl.col("scheme") == "rfm").join(known, on="customer_id", how="semi")
+    base = {
+        "ordered": float(pop["ordered"].mean() or 0.0), "active": float(pop["active"].mean() or 0.0),
+        "revenue": float(pop["revenue"].mean() or 0.0),
+    }
+
+    def lift(col: str, key: str) -> pl.Expr:
+        return (pl.col(col) / base[key]) if base[key] else pl.lit(None, pl.Float64)
+
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    return (
+        long.group_by("scheme", "segment")
+        .agg(pl.len().cast(pl.Int64).alias("customers"), pl.col("ordered").mean().alias("ordered_next"),
+             pl.col("active").mean().alias("active_next"), pl.col("revenue").mean().alias("revenue_next_per_customer"),
+             pl.col("churned").cast(pl.Float64).mean().alias("churned_next"))
+        .with_columns(
+            pl.lit(membership["snapshot_month"].first(), dtype=pl.Date).alias("snapshot_month"),
+            lift("ordered_next", "ordered").alias("ordered_lift"),
+            lift("active_next", "active").alias("active_lift"),
+            lift("revenue_next_per_customer", "revenue").alias("revenue_lift"),
+            pl.col("scheme").replace_strict(order, return_dtype=pl.Int32).alias("__o"),
+        )
+        .sort("__o", "segment")
+        .select(list(OUTCOME_SCHEMA)).cast(OUTCOME_SCHEMA)
+    )
+
+
+def activation_export(membership: pl.DataFrame, scheme: str, playbook: dict[str, str]) -> pl.DataFrame:
+    """Customer id, segment and action of one scheme, ready for an email or ads tool."""
+    col = SCHEMES[scheme]
+    return membership.select(
+        "customer_id", pl.col(col).alias("segment"),
+        pl.col(col).replace_strict(playbook, default=NO_ACTION, return_dtype=pl.String).alias("action"),
+    ).sort("customer_id")

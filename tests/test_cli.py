@@ -24,13 +24,14 @@ def test_segpipe_run_and_show(orders_project, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "2 month(s) 2025-01 .. 2025-02" in out
     assert "done    ingest_orders" in out and "done    segment_customers" in out
-    assert "Segments, snapshot 2025-02 (4 customers)" in out
+    assert "RFM segments, snapshot 2025-02 (4 customers)" in out
+    assert "Behavioral clusters, snapshot 2025-02" in out and "Lifecycle stages, snapshot 2025-02" in out
     # the run is recorded in the project's instance (visible in the UI)
     assert (tmp_path / "home" / "dagster.yaml").read_text().count("enabled: false") == 2
     assert any((tmp_path / "home").rglob("*.db"))
     assert main(["--config", str(orders_project), "show", "2025-01"]) == 0
     out = capsys.readouterr().out
-    assert "Ingestion, 2025-01" in out and "Segments, snapshot 2025-01 (2 customers)" in out
+    assert "Ingestion, 2025-01" in out and "RFM segments, snapshot 2025-01 (2 customers)" in out
 
 
 def test_segpipe_run_rejects_months_outside_history(orders_project, tmp_path, monkeypatch, capsys):

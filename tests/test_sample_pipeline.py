@@ -1,6 +1,5 @@
 """The whole pipeline on a small generated sample, checked against the planted ground truth."""
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -123,12 +122,16 @@ def test_segments_cover_every_customer_once(sample_run):
         members = _lake(root, "segment_membership", month)
         assert members["customer_id"].to_list() == feats["customer_id"].to_list()
         profiles = _lake(root, "segment_profiles", month)
-        assert profiles["customers"].sum() == members.height
-        assert abs(profiles["share_customers"].sum() - 1) < 1e-9
-    mats = {m.partition: m.metadata for m in result.asset_materializations_for_node("segment_customers")
-            if m.asset_key.to_user_string() == "segment_membership"}
+        for scheme in ("rfm", "rules", "lifecycle", "cluster"):
+            part = profiles.filter(pl.col("scheme") == scheme)
+            assert part["customers"].sum() == members.height, scheme
+            assert abs(part["share_customers"].sum() - 1) < 1e-9, scheme
+    mats = {m.partition: m.metadata for m in result.asset_materializations_for_node("segment_model")}
     assert 3 <= mats[MONTHS[-1]]["k"].value <= 8
     assert mats[MONTHS[-1]]["silhouette"].value > 0.2
+    assert mats[MONTHS[0]]["reason"].value == "first model"
+    assert mats["2025-03-01"]["reason"].value == "quarterly refit"
+    assert mats["2025-02-01"]["reason"].value == "carried forward"
 
 
 def test_rerunning_a_month_reproduces_its_files(sample_run):
@@ -140,3 +143,36 @@ def test_rerunning_a_month_reproduces_its_files(sample_run):
     assert job.execute_in_process(partition_key=month, instance=dg.DagsterInstance.ephemeral()).success
     after = {p: p.read_bytes() for p in sorted((root / "lake").rglob(f"{month}.parquet"))}
     assert after == before
+
+
+def test_outcomes_show_the_lapsing_archetype_lapses(sample_run):
+    """The segment holding most planted 'lapsing' customers is less active next month than everyone."""
+    root, _, _ = sample_run
+    month = MONTHS[-2]
+    gt = pl.read_parquet(root / "data" / "sample" / "ground_truth" / "customers.parquet")
+    mem = _lake(root, "segment_membership", month).join(gt.select("customer_id", "archetype"), on="customer_id")
+    out = _lake(root, "segment_outcomes", month)
+    assert out.height > 0 and _lake(root, "segment_outcomes", MONTHS[-1]).height == 0  # last month: M+1 not built
+    # (the lifecycle stage of most lapsing customers is still 'retention' this early: they decay slowly)
+    for scheme, col in (("cluster", "cluster_name"), ("rfm", "rfm_segment")):
+        lapsing = mem.filter(pl.col("archetype") == "lapsing")[col].mode().sort().first()
+        row = out.filter((pl.col("scheme") == scheme) & (pl.col("segment") == lapsing)).row(0, named=True)
+        assert row["active_lift"] < 1.0, (scheme, lapsing, row)
+
+
+def test_clusters_relate_to_the_planted_archetypes(sample_run):
+    """Adjusted Rand index of clusters vs planted archetypes on behaviorally distinct archetypes.
+
+    Measured 0.4-0.45 on this sample and on the default one: the clusters separate deal seekers,
+    seasonal buyers, power users and window shoppers but merge champions with loyal regulars. The
+    assertion guards against regressions; the issue's 0.8 target is not met yet (see the issue note).
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    root, _, _ = sample_run
+    gt = pl.read_parquet(root / "data" / "sample" / "ground_truth" / "customers.parquet")
+    distinct = ["champions", "bargain_hunters", "seasonal_gift_buyers", "power_users", "window_shoppers"]
+    mem = _lake(root, "segment_membership", MONTHS[-1]).join(gt, on="customer_id").filter(
+        pl.col("archetype").is_in(distinct))
+    ari = adjusted_rand_score(mem["archetype"].to_list(), mem["cluster_id"].to_list())
+    assert ari > 0.25, ari

@@ -1,0 +1,189 @@
+"""Behavioral clusters: k-means with automatic k, stable identities across refits, generated names.
+
+The fitted model is plain data (a Polars frame, one row per cluster) so it is stored in the lake
+like every other asset and read by any tool: feature names, the log1p + robust-scaler parameters,
+the centroid in scaled units, the stable cluster id and its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import RobustScaler
+
+from segpipe.config import ClusteringConfig
+
+MODEL_SCHEMA: dict[str, pl.DataType] = {
+    "cluster_id": pl.String(), "cluster_name": pl.String(), "fitted_on": pl.Date(), "k": pl.Int32(),
+    "silhouette": pl.Float64(), "size_share": pl.Float64(), "features": pl.List(pl.String()),
+    "center": pl.List(pl.Float64()), "scale": pl.List(pl.Float64()), "centroid": pl.List(pl.Float64()),
+    "profile": pl.List(pl.Float64()),
+}
+ANONYMOUS_ID, ANONYMOUS_NAME = "A0", "Anonymous visitors"
+
+
+def feature_matrix(features: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """Clustering inputs: nulls as 0 (recency: farther than any buyer), negatives clipped, log1p."""
+    exprs = []
+    for c in columns:
+        e = pl.col(c).cast(pl.Float64)
+        if c in ("recency_days", "recency"):
+            e = e.fill_null(pl.col(c).cast(pl.Float64).max().fill_null(0.0) + 30.0)
+        exprs.append(e.fill_null(0.0).clip(lower_bound=0.0))
+    return np.log1p(features.select(exprs).to_numpy()) if exprs else np.zeros((features.height, 0))
+
+
+def choose_k(x: np.ndarray, cfg: ClusteringConfig) -> tuple[int, dict[int, float], np.ndarray]:
+    """k in [k_min, k_max] with the best sampled silhouette among ks whose smallest cluster holds
+    at least ``min_segment_share`` (cost: one k-means per k plus a silhouette on <= sample rows)."""
+    n = x.shape[0]
+    rng = np.random.default_rng(cfg.random_state)
+    sample = np.sort(rng.choice(n, size=min(n, cfg.silhouette_sample), replace=False))
+    scores: dict[int, float] = {}
+    best: tuple[float, int, np.ndarray] | None = None
+    fallback: tuple[int, np.ndarray] | None = None
+    for k in range(cfg.k_min, min(cfg.k_max, n - 1) + 1):
+        km = KMeans(n_clusters=k, n_init=3, random_state=cfg.random_state).fit(x)
+        labels = km.labels_
+        if fallback is None:
+            fallback = (k, km.cluster_centers_)
+        if len(np.unique(labels[sample])) < 2:
+            continue
+        score = round(float(silhouette_score(x[sample], labels[sample])), 4)
+        scores[k] = score
+        share = np.bincount(labels, minlength=k).min() / n
+        if share >= cfg.min_segment_share and (best is None or score > best[0]):
+            best = (score, k, km.cluster_centers_)
+    if best is None:
+        assert fallback is not None
+        return fallback[0], scores, fallback[1]
+    return best[1], scores, best[2]
+
+
+def _name(profile: dict[str, float], pop: dict[str, float]) -> str:
+    """A short name from a centroid's raw-unit profile compared with the population medians."""
+    def high(c: str, factor: float = 1.5) -> bool:
+        return c in profile and profile[c] > max(pop.get(c, 0.0) * factor, 0.5)
+
+    buys = profile.get("orders_365d", profile.get("orders_lifetime", 0.0))
+    recency = profile.get("days_since_last_activity", profile.get("recency_days", 0.0))
+    parts = []
+    if recency > 120:
+        parts.append("Dormant")
+    elif high("app_days_30d") or high("active_days_30d"):
+        parts.append("Highly engaged")
+    if buys < 0.5:
+        what = "app users" if high("app_days_30d") else (
+            "browsers" if high("product_views_30d") else ("email readers" if high("email_open_rate_90d", 1.0) else "non-buyers"))
+    else:
+        freq = "Frequent" if high("orders_365d") else "Occasional"
+        value = "high spenders" if high("avg_order_value", 1.2) or high("revenue_365d", 2.0) else "buyers"
+        if high("discount_share_365d", 1.2):
+            value = "deal seekers"
+        if high("orders_share_holiday", 1.2):
+            value = "seasonal gift buyers"
+        what = f"{freq.lower() if parts else freq} {value}"
+    return " ".join([*parts, what]).strip().capitalize() if parts else what[0].upper() + what[1:]
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    frame: pl.DataFrame  # MODEL_SCHEMA rows, one per cluster
+    k_scores: dict[int, float] | None = None  # silhouette per k tried (not persisted)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.frame["features"][0]) if self.frame.height else []
+
+    def scaled(self, features: pl.DataFrame) -> np.ndarray:
+        center = np.array(self.frame["center"][0])
+        scale = np.array(self.frame["scale"][0])
+        return (feature_matrix(features, self.features) - center) / scale
+
+    def centroids(self) -> np.ndarray:
+        return np.vstack(self.frame["centroid"].to_list())
+
+    def assign(self, features: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
+        """Nearest centroid's cluster id per row, and the distance to it (scaled units)."""
+        x = self.scaled(features)
+        d = np.linalg.norm(x[:, None, :] - self.centroids()[None, :, :], axis=2)
+        idx = d.argmin(axis=1)
+        return pl.Series("cluster_id", self.frame["cluster_id"].to_numpy()[idx], dtype=pl.String), d[np.arange(len(idx)), idx]
+
+
+def fit_cluster_model(
+    features: pl.DataFrame, cfg: ClusteringConfig, *, previous: ClusterModel | None = None
+) -> ClusterModel:
+    """Fit k-means on the snapshot's identified customers and give clusters stable ids.
+
+    Clusters are matched to ``previous``'s by the Hungarian algorithm
+    (:func:`scipy.optimize.linear_sum_assignment`) on centroid distances, both expressed in this
+    fit's scaled units; a match closer than ``cfg.match_max_distance`` keeps the old id and name,
+    other clusters get new ids. Without a previous model, ids follow mean revenue (C1 highest).
+    """
+    features = features.sort("customer_id")
+    raw = feature_matrix(features, cfg.features)
+    scaler = RobustScaler().fit(raw)
+    # Zero-inflated features (most customers 0) have no inter-quartile range: fall back to their
+    # standard deviation so that they still count, then to 1.
+    std = raw.std(axis=0) if raw.size else np.ones(raw.shape[1])
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, np.where(std > 0, std, 1.0))
+    x = (raw - scaler.center_) / scale
+    k, scores, centers = choose_k(x, cfg)
+    labels = np.linalg.norm(x[:, None, :] - centers[None, :, :], axis=2).argmin(axis=1)
+    profiles = np.vstack([
+        np.expm1(np.median(raw[labels == j], axis=0)) if (labels == j).any() else np.zeros(raw.shape[1])
+        for j in range(k)
+    ])
+    sizes = np.bincount(labels, minlength=k) / max(len(labels), 1)
+    revenue = features["revenue_lifetime"].to_numpy() if "revenue_lifetime" in features.columns else np.zeros(len(labels))
+    mean_rev = np.array([revenue[labels == j].mean() if (labels == j).any() else 0.0 for j in range(k)])
+
+    ids: list[str | None] = [None] * k
+    names: list[str | None] = [None] * k
+    if previous is not None and previous.frame.height:
+        prev_raw = np.vstack(previous.frame["centroid"].to_list()) * np.array(previous.frame["scale"][0]) + np.array(
+            previous.frame["center"][0])
+        prev_x = (prev_raw - scaler.center_) / scale
+        cost = np.linalg.norm(centers[:, None, :] - prev_x[None, :, :], axis=2)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols):
+            if cost[r, c] <= cfg.match_max_distance:
+                ids[r] = previous.frame["cluster_id"][int(c)]
+                names[r] = previous.frame["cluster_name"][int(c)]
+        used = {int(i[1:]) for i in previous.frame["cluster_id"].to_list() if i[1:].isdigit()}
+    else:
+        used = set()
+    next_id = max(used, default=0) + 1
+    for j in sorted(range(k), key=lambda j: (-mean_rev[j], j)):
+        if ids[j] is None:
+            ids[j] = f"C{next_id}"
+            next_id += 1
+    pop = dict(zip(cfg.features, np.expm1(np.median(raw, axis=0)).tolist()))
+    taken: set[str] = set()
+    for j in sorted(range(k), key=lambda j: (-mean_rev[j], j)):
+        if ids[j] in cfg.names:
+            names[j] = cfg.names[ids[j]]
+        elif names[j] is None:
+            names[j] = _name(dict(zip(cfg.features, profiles[j].tolist())), pop)
+        if names[j] in taken:
+            names[j] = f"{names[j]} ({ids[j]})"
+        taken.add(names[j])
+    sil = scores.get(k, float("nan"))
+    fitted_on = features["snapshot_month"][0] if features.height else None
+    frame = pl.DataFrame(
+        {
+            "cluster_id": ids, "cluster_name": names, "fitted_on": [fitted_on] * k, "k": [k] * k,
+            "silhouette": [sil] * k, "size_share": sizes.tolist(), "features": [cfg.features] * k,
+            "center": [scaler.center_.tolist()] * k, "scale": [scale.tolist()] * k,
+            "centroid": centers.tolist(), "profile": profiles.tolist(),
+        },
+        schema=MODEL_SCHEMA,
+    ).sort("cluster_id")
+    return ClusterModel(frame=frame, k_scores=scores)
+

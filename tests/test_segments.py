@@ -1,0 +1,170 @@
+"""Segment schemes: RFM scores and map, rules, lifecycle, stable clusters, outcomes, exports."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from segpipe.clustering import fit_cluster_model
+from segpipe.config import ClusteringConfig, ConfigError, LifecycleConfig, RfmConfig, RuleSegment, SegmentsConfig
+from segpipe.features import FEATURE_SCHEMA
+from segpipe.schemes import lifecycle_stage, quintile_score, rule_segments, score_rfm
+from segpipe.segments import activation_export, build_membership, build_outcomes, build_profiles
+
+
+def test_quintile_scores_ties_and_direction():
+    s = pl.DataFrame({"v": [1.0, 2.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, None]})
+    up = s.select(quintile_score(pl.col("v"))).to_series().to_list()
+    # 1 + floor(5 * (rank_min - 1) / n): the three 2.0 share the score of their lowest rank (1), and
+    # the score 2 is skipped because the tie took its place
+    assert up == [1, 1, 1, 1, 3, 3, 4, 4, 5, 5, None]
+    down = s.select(quintile_score(pl.col("v"), higher_is_better=False)).to_series().to_list()
+    assert down[-2] == 1 and down[0] == 5
+
+
+def test_rfm_on_a_hand_made_frame():
+    feats = pl.DataFrame({
+        "customer_id": ["a", "b", "c", "d", "e", "n"],
+        "recency_days": [1.0, 5.0, 40.0, 200.0, 300.0, None],
+        "orders_lifetime": [20, 12, 1, 6, 1, 0],
+        "revenue_lifetime": [900.0, 500.0, 20.0, 300.0, 15.0, 0.0],
+    })
+    r = score_rfm(feats, RfmConfig()).sort("customer_id")
+    got = {row["customer_id"]: (row["r_score"], row["f_score"], row["m_score"], row["rfm_segment"]) for row in r.iter_rows(named=True)}
+    assert got["a"] == (5, 5, 5, "Champions")
+    assert got["b"] == (4, 4, 4, "Loyal Customers")
+    assert got["c"] == (3, 1, 2, "About To Sleep")          # one order (tied with e: both F=1)
+    assert got["d"] == (2, 3, 3, "At Risk")
+    assert got["e"] == (1, 1, 1, "Lost")
+    assert got["n"] == (None, None, None, "No purchases yet")
+    assert r.filter(pl.col("customer_id") == "a")["rfm_reason"].item().startswith("R5 F5 M5")
+
+
+def test_default_rfm_map_covers_every_score_pair():
+    cfg = RfmConfig()
+    for r in range(1, 6):
+        for f in range(1, 6):
+            assert any(rule.bounds("r")[0] <= r <= rule.bounds("r")[1] and rule.bounds("f")[0] <= f <= rule.bounds("f")[1]
+                       for rule in cfg.segment_map), (r, f)
+    assert {rule.name for rule in cfg.segment_map} == {
+        "Champions", "Loyal Customers", "Potential Loyalist", "New Customers", "Promising", "Need Attention",
+        "About To Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost"}
+
+
+def test_rule_segments_first_match_and_errors():
+    feats = pl.DataFrame({"customer_id": ["a", "b", "c"], "pricing_views_7d": [5, 0, 4], "orders_30d": [0, 0, 2]})
+    rules = [RuleSegment(name="High-intent visitors", where="pricing_views_7d >= 3 AND orders_30d = 0"),
+             RuleSegment(name="Buyers", where="orders_30d > 0")]
+    out = rule_segments(feats, rules, default="Unsegmented").sort("customer_id")
+    assert out["rule_segment"].to_list() == ["High-intent visitors", "Unsegmented", "Buyers"]
+    assert out["rule_reason"][0] == "matched: pricing_views_7d >= 3 AND orders_30d = 0"
+    with pytest.raises(ConfigError, match=r"segments.rules\['Bad'\]: unknown feature column\(s\) \['pricing_views'\]"):
+        rule_segments(feats, [RuleSegment(name="Bad", where="pricing_views > 1")], default="x")
+    with pytest.raises(ConfigError, match=r"segments.rules\['Broken'\]: cannot parse"):
+        rule_segments(feats, [RuleSegment(name="Broken", where="orders_30d >>> AND")], default="x")
+
+
+def test_lifecycle_stages():
+    feats = pl.DataFrame({
+        "customer_id": list("abcdefg"),
+        "days_since_last_activity": [400.0, 70.0, 3.0, 3.0, 3.0, 3.0, 3.0],
+        "identity": ["customer", "customer", "anonymous", "customer", "customer", "customer", "contact"],
+        "expansion": [False, False, False, True, False, False, False],
+        "regular_use": [False, False, False, False, True, False, False],
+        "repeat_buyer": [True, True, False, True, False, True, False],
+        "recency_days": [400.0, 70.0, None, 3.0, 90.0, 200.0, None],  # f: a repeat buyer, but long ago
+        "first_key_action_date": [dt.date(2024, 1, 1)] * 6 + [None],
+    })
+    out = lifecycle_stage(feats, LifecycleConfig()).sort("customer_id")
+    assert out["lifecycle_stage"].to_list() == ["churned", "lapsed", "awareness", "expansion", "retention", "activation", "consideration"]
+
+
+def _blobs(seed: int, month: dt.date, shift: float = 0.0) -> pl.DataFrame:
+    """Three well separated behaviors: big spenders, app users, email readers."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(300):
+        kind = i % 3
+        rows.append({
+            "customer_id": f"c{i:04d}", "snapshot_month": month, "identity": "customer",
+            "orders_365d": [30, 0, 0][kind] * (1 + shift) + rng.normal(0, 1) ** 2,
+            "app_days_30d": [2, 25, 0][kind] + abs(rng.normal(0, 1)),
+            "email_open_rate_90d": [0.1, 0.0, 0.9][kind],
+            "revenue_lifetime": [3000.0, 10.0, 0.0][kind],
+        })
+    return pl.DataFrame(rows)
+
+
+CFG = ClusteringConfig(features=["orders_365d", "app_days_30d", "email_open_rate_90d"], k_min=2, k_max=5,
+                       min_segment_share=0.05)
+
+
+def test_cluster_ids_are_stable_across_refits():
+    jan = fit_cluster_model(_blobs(1, dt.date(2025, 1, 1)), CFG)
+    assert jan.frame.height == 3 and jan.frame["cluster_id"].to_list() == ["C1", "C2", "C3"]
+    again = fit_cluster_model(_blobs(1, dt.date(2025, 1, 1)), CFG)
+    assert again.frame.drop("fitted_on").equals(jan.frame.drop("fitted_on"))
+    # a month later, slightly different data and another seed: the same behaviors keep their ids and names
+    feb = fit_cluster_model(_blobs(2, dt.date(2025, 2, 1), shift=0.1), CFG, previous=jan)
+    def by_kind(model, frame):
+        ids, _ = model.assign(frame)
+        return dict(zip(frame["customer_id"].head(3), ids.head(3)))
+    assert by_kind(feb, _blobs(2, dt.date(2025, 2, 1))) == by_kind(jan, _blobs(1, dt.date(2025, 1, 1)))
+    assert dict(zip(feb.frame["cluster_id"], feb.frame["cluster_name"])) == dict(zip(jan.frame["cluster_id"], jan.frame["cluster_name"]))
+
+
+def test_a_new_behavior_gets_a_new_id():
+    jan = fit_cluster_model(_blobs(1, dt.date(2025, 1, 1)), CFG)
+    extra = pl.DataFrame([{"customer_id": f"n{i}", "snapshot_month": dt.date(2025, 2, 1), "identity": "customer",
+                           "orders_365d": 0.0, "app_days_30d": 0.0, "email_open_rate_90d": 0.0, "revenue_lifetime": 0.0}
+                          for i in range(100)])
+    feb = fit_cluster_model(pl.concat([_blobs(2, dt.date(2025, 2, 1)), extra]), CFG, previous=jan)
+    assert set(jan.frame["cluster_id"]) <= set(feb.frame["cluster_id"])
+    assert "C4" in feb.frame["cluster_id"].to_list()
+
+
+def test_cluster_names_can_be_overridden():
+    cfg = CFG.model_copy(update={"names": {"C2": "Product-led fans"}})
+    model = fit_cluster_model(_blobs(1, dt.date(2025, 1, 1)), cfg)
+    assert dict(zip(model.frame["cluster_id"], model.frame["cluster_name"]))["C2"] == "Product-led fans"
+
+
+def _features(n: int = 6) -> pl.DataFrame:
+    cols = {c: t for c, t in FEATURE_SCHEMA.items()}
+    base = pl.DataFrame(schema=cols)
+    rows = pl.DataFrame({
+        "customer_id": [f"c{i}" for i in range(n)], "identity": ["customer"] * (n - 1) + ["anonymous"],
+        "snapshot_month": [dt.date(2025, 6, 1)] * n,
+        "recency_days": [1.0, 10.0, 50.0, 200.0, None, None], "orders_lifetime": [9, 5, 2, 1, 0, 0],
+        "revenue_lifetime": [900.0, 200.0, 50.0, 10.0, 0.0, 0.0], "revenue_365d": [900.0, 200.0, 50.0, 10.0, 0.0, 0.0],
+        "days_since_last_activity": [1.0, 10.0, 50.0, 200.0, 5.0, 5.0], "expansion": [True] + [False] * (n - 1),
+        "regular_use": [False] * n, "repeat_buyer": [True, True, True, False, False, False],
+        "first_key_action_date": [dt.date(2025, 1, 1)] * 4 + [None, None],
+    })
+    return pl.concat([base, rows], how="diagonal_relaxed")
+
+
+def test_membership_profiles_outcomes_and_export():
+    feats = _features()
+    cfg = SegmentsConfig(rules=[RuleSegment(name="Whales", where="revenue_lifetime > 500")])
+    mem = build_membership(feats, None, cfg)
+    assert mem.height == feats.height and mem["customer_id"].is_unique().all()
+    assert mem.filter(pl.col("customer_id") == "c5")["cluster_name"].item() == "Anonymous visitors"
+    assert mem.filter(pl.col("customer_id") == "c0")["rule_segment"].item() == "Whales"
+    # with only four buyers the best recency rank is 1 + floor(5 * 3 / 4) = 4: c0 is R4 F4
+    assert mem.filter(pl.col("customer_id") == "c0")["rfm_segment"].item() == "Loyal Customers"
+    prof = build_profiles(mem, feats, {"Loyal Customers": "VIP offer"})
+    rfm = prof.filter(pl.col("scheme") == "rfm")
+    assert rfm["customers"].sum() == 6 and abs(rfm["share_customers"].sum() - 1) < 1e-12
+    assert rfm.filter(pl.col("segment") == "Loyal Customers")["playbook_action"].item() == "VIP offer"
+    assert abs(rfm["share_revenue"].sum() - 1) < 1e-12
+    nxt = pl.DataFrame({"customer_id": ["c0", "c1"], "orders": [2, 0], "revenue": [50.0, 0.0], "activity": [3, 1]},
+                       schema_overrides={"orders": pl.UInt32, "activity": pl.UInt32})
+    out = build_outcomes(mem, nxt, churned_after_days=180)
+    whales = out.filter((pl.col("scheme") == "rules") & (pl.col("segment") == "Whales")).row(0, named=True)
+    assert (whales["ordered_next"], whales["active_next"], whales["revenue_next_per_customer"]) == (1.0, 1.0, 50.0)
+    assert whales["ordered_lift"] == pytest.approx(1.0 / (1 / 5))  # 1 of the 5 known customers ordered
+    assert build_outcomes(mem, None, churned_after_days=180).height == 0
+    exp = activation_export(mem, "rfm", {"Champions": "VIP offer"})
+    assert exp.columns == ["customer_id", "segment", "action"] and exp.height == 6
