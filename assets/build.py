@@ -12,11 +12,13 @@ from assets.identity import build_identity_assets
 from assets.ingestion import build_ingestion_asset
 from assets.io_manager import ParquetIOManager
 from assets.partitions import monthly_partitions
+from assets.report import build_report_assets
 from assets.resources import SegpipeResource
 from assets.segments import build_segment_assets
 from schedules import build_jobs, build_schedules
 from segpipe.config import config_path, load_config
 from segpipe.features import feature_schema
+from segpipe.schemes import compile_rules
 from segpipe.segments import check_clustering_features
 
 EXECUTOR_ENV = "SEGPIPE_EXECUTOR"
@@ -30,12 +32,15 @@ def build_definitions(path: str | Path | None = None, *, executor: str | None = 
     name = executor or os.environ.get(EXECUTOR_ENV, "in_process")
     if name not in _EXECUTORS:
         raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {sorted(_EXECUTORS)}")
-    check_clustering_features(feature_schema(config.features), config.segments.clustering.features)
+    schema = feature_schema(config.features)
+    check_clustering_features(schema, config.segments.clustering.features)
+    compile_rules(config.segments.rules, schema)  # unknown column -> ConfigError naming the rule
     assets = [
         *(build_ingestion_asset(config, s) for s in config.sources),
         *build_identity_assets(config),
         *build_feature_assets(config),
         *build_segment_assets(config),
+        *build_report_assets(config),
     ]
     jobs = build_jobs(monthly_partitions(config))
     return dg.Definitions(

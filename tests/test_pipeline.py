@@ -5,7 +5,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
 
 from assets.build import build_definitions
 from segpipe import ingest as ingest_mod
@@ -33,7 +32,8 @@ def test_graph_snapshot_of_the_sample_config():
         *(f"{s}_{kind}" for s in ("orders", "product", "email", "web") for kind in ("ingested", "quarantine")),
         "identity_links", "identity_map", "behavioral_events",
         "customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features",
-        "segment_membership", "segment_profiles",
+        "segment_model", "segment_membership", "segment_profiles", "segment_outcomes",
+        "segment_exports", "segment_report",
     ])
     checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in graph.asset_check_keys)
     assert checks == [f"{s}_ingested:rows_accounted" for s in ("email", "orders", "product", "web")]
@@ -43,6 +43,8 @@ def test_graph_snapshot_of_the_sample_config():
     assert groups["orders_ingested"] == "ingestion" and groups["identity_map"] == "identity"
     assert groups["behavioral_events"] == "events" and groups["customer_features"] == "features"
     assert groups["segment_membership"] == "segments"
+    assert groups["segment_report"] == groups["segment_exports"] == "exports"
+    assert groups["segment_model"] == groups["segment_outcomes"] == "segments"
     for k in graph.get_all_asset_keys():
         node = graph.get(k)
         assert node.description, f"{k} has no description"
@@ -55,7 +57,11 @@ def test_graph_snapshot_of_the_sample_config():
     assert parents["customer_state"] == ["customer_activity_daily", "customer_activity_monthly", "customer_state"]
     assert parents["customer_features"] == [
         "customer_activity_daily", "customer_activity_monthly", "customer_state", "identity_map"]
-    assert parents["segment_membership"] == ["customer_features"]
+    assert parents["segment_model"] == ["customer_features", "segment_model"]
+    assert parents["segment_membership"] == ["customer_features", "segment_model"]
+    assert parents["segment_outcomes"] == ["customer_activity_monthly", "customer_features", "segment_membership"]
+    assert parents["segment_exports"] == ["segment_membership"]
+    assert parents["segment_report"] == ["segment_membership", "segment_profiles"]
 
 
 def test_one_month_materializes_end_to_end(orders_project):
@@ -81,8 +87,9 @@ def test_a_range_runs_in_one_run_and_rerun_is_identical(orders_project):
     lake = orders_project.parent / "lake"
     files = sorted(p for p in lake.rglob("*.parquet"))
     for key in build_definitions(orders_project).resolve_asset_graph().get_all_asset_keys():
-        # every asset has one file per month (March is an empty partition)
-        assert len([p for p in (lake / key.to_user_string()).iterdir() if not p.name.startswith(".")]) == 3, key
+        # every asset has one file per month (March is an empty partition); exports: one per scheme
+        folder = lake / key.to_user_string() if key.to_user_string() != "segment_exports" else lake / "exports" / "rfm"
+        assert len([p for p in folder.iterdir() if not p.name.startswith(".")]) == 3, key
     before = {p: p.read_bytes() for p in files}
     assert _run(orders_project, "2025-02-01").success
     assert {p: p.read_bytes() for p in sorted(lake.rglob("*.parquet"))} == before

@@ -1,0 +1,92 @@
+"""The monthly segment report: a static HTML page per snapshot month in the lake."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from assets.metadata import OWNER, column_schema, partitions_of, require
+from assets.partitions import HISTORY_TO_DATE, monthly_partitions
+from assets.resources import SegpipeResource
+from segpipe.config import SegpipeConfig
+from segpipe.lake import asset_path
+from segpipe.locks import write_partition_file
+from segpipe.report import build_segment_report, chart_count, profile_column_descriptions
+from segpipe.segments import PROFILE_SCHEMA, SCHEMES
+from segpipe.timeutil import month_key, month_start, next_month
+
+REPORT_ASSET = "segment_report"
+
+#: This month and the one before it (the first month has no previous one).
+PREVIOUS_AND_THIS_MONTH = dg.TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
+)
+
+
+#: Columns of the report's profile and playbook table.
+_TABLE_SCHEMA = {c: t for c, t in PROFILE_SCHEMA.items() if c != "snapshot_month"}
+
+
+def report_path(lake_dir: str | Path, partition_key: str) -> Path:
+    """``{lake_dir}/segment_report/{partition_key}.html``."""
+    return asset_path(lake_dir, REPORT_ASSET, partition_key).with_suffix(".html")
+
+
+def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
+    monthly = monthly_partitions(config)
+
+    @dg.asset(
+        name=REPORT_ASSET,
+        ins={
+            "segment_profiles": dg.AssetIn("segment_profiles", partition_mapping=HISTORY_TO_DATE),
+            "segment_membership": dg.AssetIn("segment_membership", partition_mapping=PREVIOUS_AND_THIS_MONTH),
+        },
+        partitions_def=monthly,
+        group_name="exports",
+        kinds={"altair", "html"},
+        owners=[OWNER],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        metadata={
+            "dagster/column_schema": column_schema(_TABLE_SCHEMA, profile_column_descriptions(list(_TABLE_SCHEMA))),
+            "file_pattern": f"{{lake_dir}}/{REPORT_ASSET}/{{YYYY-MM-01}}.html",
+        },
+    )
+    def segment_report(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                       segment_profiles: dict[str, pl.LazyFrame],
+                       segment_membership: dict[str, pl.LazyFrame]) -> dg.MaterializeResult:
+        """Static HTML report of the month, one page that works offline: segment sizes over time and
+        migration from the previous month per scheme, profiles and playbook (the columns below)."""
+        lake = segpipe.config().lake_path
+        history = {k: lf.collect() for k, lf in sorted(segment_profiles.items())}  # small: one row per segment
+        for pk in partitions_of(context):
+            prev = month_key(next_month(month_start(pk), -1))
+            require(segment_profiles, pk, "segment_profiles")
+            page = build_segment_report(
+                month=pk,
+                profiles_by_month={k: frame for k, frame in history.items() if k <= pk},
+                membership_prev=segment_membership[prev].collect() if prev in segment_membership else None,
+                membership_cur=require(segment_membership, pk, "segment_membership").collect(),
+                schemes=SCHEMES,
+            )
+            path = report_path(lake, pk)
+            stale = write_partition_file(lake, REPORT_ASSET, pk, path, lambda fh, page=page: fh.write(page.encode()))
+            if stale:
+                context.log.warning(f"{REPORT_ASSET} {pk[:7]}: removed {len(stale)} temp file(s) left by an "
+                                    "interrupted write: " + ", ".join(p.name for p in stale))
+            charts = chart_count(page)
+            context.add_asset_metadata(
+                {
+                    "report_path": dg.MetadataValue.path(str(path)),
+                    "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
+                    "dagster/uri": path.resolve().as_uri(),
+                    "charts": charts,
+                    "has_migration": prev in segment_membership,
+                    "size_kb": round(len(page.encode()) / 1024, 1),
+                },
+                partition_key=pk,
+            )
+            context.log.info(f"segment report {pk[:7]}: {path} ({charts} charts)")
+        return dg.MaterializeResult()
+
+    return [segment_report]
