@@ -2,7 +2,6 @@
 
 
 import dagster as dg
-import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, preview
 from assets.partitions import monthly_partitions
@@ -10,6 +9,7 @@ from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.contract import INGESTED_SCHEMA, QUARANTINE_SCHEMA
 from segpipe.ingest import ingest_source
+from segpipe.readers import SourceChangedError, SourceError
 
 ACCOUNTING_CHECK = "rows_accounted"
 
@@ -65,7 +65,13 @@ def build_ingestion_asset(config: SegpipeConfig, source: str) -> dg.AssetsDefini
     )
     def _ingest(context: dg.AssetExecutionContext, segpipe: SegpipeResource):
         keys = partitions_of(context)
-        results = ingest_source(segpipe.config(), source, keys, key=segpipe.key())
+        try:
+            results = ingest_source(segpipe.config(), source, keys, key=segpipe.key())
+        except SourceChangedError:
+            raise  # a file still being written: the retry policy tries again a little later
+        except SourceError as exc:
+            # A problem in the data or the config: retrying cannot help, fail once with the reason.
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         per_month = {}
         for pk, res in results.items():
             stats = res.stats()

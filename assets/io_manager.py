@@ -4,6 +4,11 @@ Partitioned assets hand over ``dict[partition_key, DataFrame]`` (one entry per p
 run, so a single run can materialize a range) and receive ``dict[partition_key, LazyFrame]`` for
 the upstream partitions that exist. Files: ``{lake_dir}/{asset}/{partition_key}.parquet``, or
 ``{lake_dir}/{asset}.parquet`` when unpartitioned; every write is atomic.
+
+Each write holds the partition's lock (:mod:`segpipe.locks`), so two runs of the same partition
+never write it at the same time (the second waits up to ``lock_timeout`` seconds, then fails
+naming the other run's pid), and first removes the temp files a killed writer of that same
+partition left behind.
 """
 
 from __future__ import annotations
@@ -12,17 +17,34 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
-from segpipe.lake import asset_path, write_parquet_atomic
+from segpipe.lake import asset_path
+from segpipe.locks import write_partition_file
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
     """Stores Polars frames as Parquet files in the local lake."""
 
     lake_dir: str
+    lock_timeout: float = Field(
+        default=120.0, description="Seconds to wait for another run writing the same partition, then fail."
+    )
 
     def _name(self, key: dg.AssetKey) -> str:
         return "__".join(key.path)
+
+    def _write(self, context: dg.OutputContext, frame: pl.DataFrame, name: str, key: str | None) -> None:
+        path = asset_path(self.lake_dir, name, key)
+        stale = write_partition_file(
+            self.lake_dir, name, key, path,
+            lambda fh: frame.write_parquet(fh, compression="zstd", statistics=True), timeout=self.lock_timeout,
+        )
+        if stale:
+            context.log.warning(
+                f"{name} {key or ''}: removed {len(stale)} temp file(s) left by an interrupted write: "
+                + ", ".join(p.name for p in stale)
+            )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
@@ -36,9 +58,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             if unknown:
                 raise ValueError(f"{name}: output for partitions not in this run: {unknown}")
             for key in sorted(obj):
-                write_parquet_atomic(obj[key], asset_path(self.lake_dir, name, key))
+                self._write(context, obj[key], name, key)
         else:
-            write_parquet_atomic(obj, asset_path(self.lake_dir, name))
+            self._write(context, obj, name, None)
 
     def load_input(self, context: dg.InputContext):
         name = self._name(context.asset_key)

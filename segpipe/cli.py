@@ -85,21 +85,41 @@ def print_summary(config: SegpipeConfig, month: str) -> bool:
         print(f"\nIngestion, {key[:7]}:")
         _print_table(pl.DataFrame(acc))
     prof = pl.read_parquet(prof_path)
-    print(f"\nSegments, snapshot {key[:7]} ({int(prof['customers'].sum()):,} customers):")
-    _print_table(prof.select(
-        pl.col("segment_id").alias("id"), pl.col("segment_name").alias("segment"), "customers",
-        (pl.col("share_customers") * 100).round(1).alias("% customers"),
-        (pl.col("share_revenue") * 100).round(1).alias("% revenue"),
-        pl.col("median_orders").alias("med. orders"),
-        pl.col("median_recency_days").round(0).alias("med. recency d"),
-        pl.col("playbook_action").alias("action"),
-    ))
+    for scheme, title in (("cluster", "Behavioral clusters"), ("rfm", "RFM segments"), ("lifecycle", "Lifecycle stages"),
+                          ("rules", "Rule segments")):
+        part = prof.filter(pl.col("scheme") == scheme)
+        if part.height == 0:
+            continue
+        print(f"\n{title}, snapshot {key[:7]} ({int(part['customers'].sum()):,} customers):")
+        _print_table(part.select(
+            "segment", "customers",
+            (pl.col("share_customers") * 100).round(1).alias("% customers"),
+            (pl.col("share_revenue") * 100).round(1).alias("% revenue 365d"),
+            pl.col("median_orders_365d").alias("med. orders 365d"),
+            pl.col("median_days_since_last_activity").round(0).alias("med. days idle"),
+            pl.col("playbook_action").alias("action"),
+        ))
     return True
 
 
 def cmd_run(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) -> int:
-    from assets.partitions import monthly_partitions
+    import tempfile
 
+    from assets.partitions import monthly_partitions
+    from segpipe.readers import list_source_files
+
+    # Fail before Dagster starts, with one line naming what to fix: the lake must be writable and
+    # every source must have at least one file.
+    lake = config.lake_path
+    try:
+        lake.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=lake, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"lake directory {lake} is not writable ({exc.strerror or exc}); "
+                          f"fix its permissions or set lake_dir in {config_file}") from None
+    for source in config.sources:
+        list_source_files(config.source_glob(source), source=source)
     dagster_home(config)
     parts = monthly_partitions(config)
     last_key = parts.get_last_partition_key()
@@ -199,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show(args, config)
         if args.command == "ui":
             return cmd_ui(args, config, config_file)
-    except (ConfigError, SourceError) as exc:
-        print(f"segpipe: {exc}", file=sys.stderr)
+    except (ConfigError, SourceError, OSError) as exc:
+        # One line, whatever the error: a multi-line config report becomes "key: problem; key: problem".
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        print(f"segpipe: {'; '.join(lines)}", file=sys.stderr)
         return 2
     return 1
 

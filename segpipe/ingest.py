@@ -7,6 +7,22 @@ of its file belongs to; the first month when the file has no valid row). A run f
 accounts for exactly the rows whose home is M:
 
     rows_read == rows_kept + rows_quarantined + duplicates_removed
+
+Parsing rules for hostile input (documented with their tests in ``docs/reliability.md``):
+
+* times: ISO 8601 with an offset (``Z``, ``+02:00``, ``+0200``) are taken as given; naive ones are in
+  the source's time zone; a bare number with 10 digits is epoch seconds (fraction allowed), with 13
+  digits epoch milliseconds, always UTC. In a source whose times are mostly date strings (counted
+  over all its files, see :func:`time_votes`) a bare number is not taken for a time (more likely a
+  shifted column) and is quarantined as unparseable.
+* amounts: one leading or trailing currency symbol or ISO code is stripped (``$1,234.50``, ``€12``,
+  ``12.50 EUR``); commas are thousands separators only in groups of three before an optional
+  ``.`` decimal part; anything else with a comma or a space (``1,5``, ``1 234,50``) is ambiguous and
+  quarantined; NaN and infinity are not numbers.
+* identifiers are kept exactly (only surrounding whitespace is trimmed, no Unicode normalisation, so
+  they join back to the user's systems byte for byte); emails and phones are NFC-normalised,
+  trimmed and lower-cased before hashing; email-shaped text in ``detail`` and in quarantine
+  reasons is redacted.
 """
 
 from __future__ import annotations
@@ -21,11 +37,11 @@ import polars as pl
 from segpipe.config import SegpipeConfig, SourceConfig
 from segpipe.contract import (
     CONSTANT_EVENT_TYPE,
-    DIRECT_IDENTIFIERS,
+
     INGESTED_SCHEMA,
     QUARANTINE_SCHEMA,
 )
-from segpipe.readers import RawFile, list_source_files, read_source_file, redact
+from segpipe.readers import RawFile, list_source_files, read_source_file, redact, stat_source_file
 from segpipe.timeutil import month_start, next_month
 
 #: Which identifier every row of a source must carry, in order of preference, when the
@@ -36,7 +52,13 @@ _KEY_PREFERENCE: dict[str, tuple[str, ...]] = {
     "email": ("email", "customer_id", "user_id", "anonymous_id"),
     "web": ("anonymous_id", "customer_id", "user_id", "email"),
 }
-_TIME_FORMATS_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
+_TIME_FORMATS_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z", "%Y-%m-%d %H:%M%#z")
+_EPOCH_SECONDS = r"^[0-9]{10}(\.[0-9]+)?$"
+_EPOCH_MILLIS = r"^[0-9]{13}(\.[0-9]+)?$"
+_CURRENCY = (
+    r"(?:[$€£¥₹₩₽₺₪₫₴₦₱]|US\$|A\$|C\$|USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY"
+    r"|BRL|MXN|ZAR|SGD|HKD)"
+)
 _TIME_FORMATS_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 _CONTENT_COLUMNS = [c for c in INGESTED_SCHEMA if c not in ("source_file", "source_row")]
 
@@ -83,7 +105,7 @@ def pseudonymize(values: pl.Series, key: bytes) -> pl.Series:
 
     Null and empty values stay null. Each distinct value is hashed once.
     """
-    norm = values.cast(pl.String).str.strip_chars().str.to_lowercase()
+    norm = values.cast(pl.String).str.normalize("NFC").str.strip_chars().str.to_lowercase()
     uniq = norm.drop_nulls().unique()
     uniq = uniq.filter(uniq.str.len_chars() > 0)
     mapping = pl.DataFrame(
@@ -106,14 +128,28 @@ def _stable_row_hash(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
     )
 
 
-def _parse_time(col: pl.Expr, dtype: pl.DataType, tz: str) -> pl.Expr:
-    if isinstance(dtype, pl.Datetime):
-        if dtype.time_zone is None:
-            return col.dt.cast_time_unit("us").dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
-        return col.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
-    if isinstance(dtype, pl.Date):
-        return col.cast(pl.Datetime("us")).dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
-    s = col.cast(pl.String).str.strip_chars()
+def _epoch_time(s: pl.Expr) -> pl.Expr:
+    """10-digit epoch seconds or 13-digit epoch milliseconds (optional fraction) as UTC, else null."""
+    whole = s.str.extract(r"^([0-9]+)", 1).str.to_integer(strict=False)
+    frac = s.str.extract(r"\.([0-9]+)$", 1).fill_null("")
+    micros = (
+        pl.when(s.str.contains(_EPOCH_SECONDS))
+        .then(whole * 1_000_000 + frac.str.slice(0, 6).str.pad_end(6, "0").str.to_integer(strict=False))
+        .when(s.str.contains(_EPOCH_MILLIS))
+        .then(whole * 1_000 + frac.str.slice(0, 3).str.pad_end(3, "0").str.to_integer(strict=False))
+    )
+    return micros.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+
+
+def _is_epoch_shaped(s: pl.Expr) -> pl.Expr:
+    return s.str.contains(_EPOCH_SECONDS) | s.str.contains(_EPOCH_MILLIS)
+
+
+def _is_date_shaped(s: pl.Expr) -> pl.Expr:
+    return s.str.contains(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _text_time(s: pl.Expr, tz: str) -> pl.Expr:
     aware = [s.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC") for f in _TIME_FORMATS_AWARE]
     naive = [
         s.str.to_datetime(f, strict=False, time_unit="us")
@@ -124,11 +160,66 @@ def _parse_time(col: pl.Expr, dtype: pl.DataType, tz: str) -> pl.Expr:
     return pl.coalesce(*aware, *naive)
 
 
+def time_votes(raw: RawFile, column: str) -> tuple[int, int]:
+    """How many of a file's times are bare numbers and how many are date strings (YYYY-MM-DD...).
+
+    Summed over all files of a source, the votes decide whether the source's bare numbers are
+    epoch times (numbers >= dates) or misplaced values (quarantined): a per-source decision, so
+    neither the order of the rows nor how they are split into files changes the outcome.
+    """
+    dtype = raw.frame.schema[column]
+    if isinstance(dtype, (pl.Datetime, pl.Date)):
+        return 0, raw.frame.height - raw.frame[column].null_count()
+    s = pl.col(column).cast(pl.String).str.strip_chars()
+    numbers, dates = raw.frame.select(
+        _is_epoch_shaped(s).sum().alias("numbers"), _is_date_shaped(s).sum().alias("dates")
+    ).row(0)
+    return int(numbers), int(dates)
+
+
+def _parse_time(col: pl.Expr, dtype: pl.DataType, tz: str, epoch_numbers: bool | None = None) -> pl.Expr:
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            return col.dt.cast_time_unit("us").dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+        return col.dt.cast_time_unit("us").dt.convert_time_zone("UTC")
+    if isinstance(dtype, pl.Date):
+        return col.cast(pl.Datetime("us")).dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+    s = col.cast(pl.String).str.strip_chars()
+    epoch = _epoch_time(s)
+    numbers_win = pl.lit(True if epoch_numbers is None else epoch_numbers)
+    if dtype.is_numeric():
+        return pl.when(numbers_win).then(epoch)
+    text = _text_time(s, tz)
+    if epoch_numbers is None:  # decide from this file alone
+        numbers_win = _is_epoch_shaped(s).sum() >= _is_date_shaped(s).sum()
+    # A bare number is an epoch time unless most of the source's times are date strings.
+    return pl.when(text.is_not_null()).then(text).when(numbers_win).then(epoch)
+
+
+def _parse_number(text: pl.Expr, *, currency: bool) -> pl.Expr:
+    """Float64 of a trimmed number text (null when not a finite number), see the module docstring."""
+    t = text
+    if currency:
+        lead = rf"^([-+]?)\s*{_CURRENCY}\s*([-+]?[0-9.][0-9.,]*)$"
+        trail = rf"^([-+]?[0-9.][0-9.,]*)\s*{_CURRENCY}$"
+        t = (
+            pl.when(t.str.contains(lead)).then(t.str.replace(lead, "${1}${2}"))
+            .when(t.str.contains(trail)).then(t.str.replace(trail, "${1}"))
+            .otherwise(t)
+        )
+    thousands = t.str.contains(r"^[-+]?[0-9]{1,3}(,[0-9]{3})+(\.[0-9]+)?$")
+    num = pl.when(thousands).then(t.str.replace_all(",", "")).otherwise(t).cast(pl.Float64, strict=False)
+    return pl.when(num.is_finite()).then(num)
+
+
 def normalize_file(
     raw: RawFile, *, source: str, cfg: SourceConfig, event_types: dict[str, str],
-    first_month: dt.datetime, key: bytes,
+    first_month: dt.datetime, key: bytes, epoch_numbers: bool | None = None,
 ) -> pl.DataFrame:
     """Map one file's rows to the ingested schema plus ``reason`` (null when valid) and ``raw``.
+
+    ``epoch_numbers`` says whether bare numbers in the time column are epoch times (see
+    :func:`time_votes`); None decides from this file alone.
 
     ``raw`` holds the source values as JSON (email-shaped text redacted), for quarantine rows.
     """
@@ -154,29 +245,25 @@ def normalize_file(
         text("phone").alias("__phone"),
         text("user_id").alias("user_id"),
         text("anonymous_id").alias("anonymous_id"),
-        _parse_time(raw_time, time_dtype, cfg.timezone).alias("event_time"),
+        _parse_time(raw_time, time_dtype, cfg.timezone, epoch_numbers).alias("event_time"),
         raw_time.cast(pl.String).alias("__raw_time"),
         (text("event_type") if "event_type" in m else pl.lit(CONSTANT_EVENT_TYPE.get(source))).alias("__raw_type"),
         text("amount").alias("__amount"),
         text("quantity").alias("__quantity"),
         text("category").str.to_lowercase().alias("category"),
         text("channel").str.to_lowercase().alias("channel"),
-        text("detail").alias("detail"),
+        redact(text("detail")).alias("detail"),
         pl.col("source_row"),
         pl.col("__raw"),
     )
-    # "1,234.50" (comma thousands separators in groups of three) is read as 1234.5; any other
-    # comma ("1,5") is ambiguous and quarantined as not a number.
-    thousands = pl.col("__amount").str.contains(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
-    amount_num = (
-        pl.when(thousands).then(pl.col("__amount").str.replace_all(",", "")).otherwise(pl.col("__amount"))
-        .cast(pl.Float64, strict=False)
-    )
-    qty_num = pl.col("__quantity").cast(pl.Float64, strict=False)
+    # "$1,234.50" is 1234.5; "1,5" or "1 234,50" are ambiguous and quarantined as not a number.
+    amount_num = _parse_number(pl.col("__amount"), currency=True)
+    qty_num = _parse_number(pl.col("__quantity"), currency=False)
+    qty_int = pl.when((qty_num == qty_num.round(0)) & (qty_num.abs() < 9.2e18)).then(qty_num).cast(pl.Int64, strict=False)
     type_map = pl.DataFrame({"__raw_type": list(event_types), "event_type": list(event_types.values())})
     out = out.with_columns(
         amount=amount_num,
-        quantity=qty_num.cast(pl.Int64, strict=False),
+        quantity=qty_int,
         email_hash=pseudonymize(out["__email"], key),
         phone_hash=pseudonymize(out["__phone"], key),
         source=pl.lit(source),
@@ -209,7 +296,7 @@ def normalize_file(
         .then(pl.lit("negative amount"))
         .when(pl.lit(is_orders) & pl.col("amount").is_null() & (pl.col("event_type") == "order"))
         .then(pl.lit("missing amount on an order"))
-        .when(pl.col("__quantity").is_not_null() & (qty_num.is_null() | (qty_num != qty_num.round(0))))
+        .when(pl.col("__quantity").is_not_null() & pl.col("quantity").is_null())
         .then(pl.format("quantity is not an integer: {}", pl.col("__quantity")))
         .when(pl.col("quantity") < 0)
         .then(pl.lit("negative quantity"))
@@ -220,7 +307,7 @@ def normalize_file(
         & (pl.col("event_time") >= first_month)
         & (pl.col("event_time") <= future_after)
     )
-    out = out.with_columns(reason=reason, placeable=placeable)
+    out = out.with_columns(reason=redact(reason), placeable=placeable)
     if "event_id" not in m:
         out = out.with_columns(event_id=_stable_row_hash(out, ["__raw"]))
     return out.select(*INGESTED_SCHEMA, "reason", "placeable", pl.col("__raw").alias("raw")).cast(
@@ -253,28 +340,53 @@ def _home_months(frame: pl.DataFrame, first_month: dt.datetime) -> pl.DataFrame:
 def ingest_source(
     config: SegpipeConfig, source: str, months: list[str], *, key: bytes
 ) -> dict[str, MonthIngest]:
-    """Ingest ``source`` for the given partition keys ("YYYY-MM-01"); one pass over its files.
+    """Ingest ``source`` for the given partition keys ("YYYY-MM-01"); one pass over its files
+    (a second one over the files holding bare numbers when most of the source's times are dates).
 
     Raises
     ------
     SourceError
         When no file matches, a file cannot be read or lacks a mapped column.
+    SourceChangedError
+        When a file changed since it was listed or while it was read (worth a retry).
+    OSError
+        On a transient I/O error (worth a retry).
     """
     cfg = config.sources[source]
     files = list_source_files(config.source_glob(source), source=source)
+    # Size, mtime and inode as listed: a file that changes before or while it is read is refused.
+    listed = {path: stat_source_file(path, source=source) for path in files}
     first = config.first_month_start
     wanted = sorted({month_start(m).date() for m in months})
     types = config.event_type_map(source)
-    frames: list[pl.DataFrame] = []
-    malformed: list[pl.DataFrame] = []
-    for path in files:
-        raw = read_source_file(
+    time_col = cfg.columns["event_time"]
+
+    def read(path: str) -> RawFile:
+        return read_source_file(
             path, fmt=cfg.format, columns=list(dict.fromkeys(cfg.columns.values())),
-            source=source, separator=cfg.csv_separator,
+            source=source, separator=cfg.csv_separator, listed=listed[path],
         )
-        norm = normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key)
-        frames.append(norm)
-        bad = raw.malformed
+
+    def normalize(raw: RawFile, epoch_numbers: bool) -> pl.DataFrame:
+        return normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key,
+                              epoch_numbers=epoch_numbers)
+
+    frames: list[pl.DataFrame] = []
+    bad_per_file: list[pl.DataFrame] = []
+    votes: list[tuple[int, int]] = []
+    for path in files:  # one file in memory at a time: bare numbers are provisionally epoch times
+        raw = read(path)
+        votes.append(time_votes(raw, time_col))
+        frames.append(normalize(raw, True))
+        bad_per_file.append(raw.malformed)
+    if sum(v[0] for v in votes) < sum(v[1] for v in votes):
+        # Most of the source's times are date strings: its bare numbers are not times after all.
+        # Rare (a mixed source), so only then are the files holding numbers read a second time.
+        for i, path in enumerate(files):
+            if votes[i][0]:
+                frames[i] = normalize(read(path), False)
+    malformed: list[pl.DataFrame] = []
+    for norm, bad in zip(frames, bad_per_file):
         if bad.height:
             # Lines that could not even be parsed belong to their file's home month.
             dom = norm.filter(pl.col("placeable"))["event_time"].dt.truncate("1mo").dt.date()

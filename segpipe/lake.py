@@ -7,7 +7,11 @@ Layout: ``{lake_dir}/{asset_name}/{partition_key}.parquet`` for partitioned asse
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import BinaryIO
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
@@ -21,18 +25,19 @@ def asset_path(lake_dir: str | Path, asset_name: str, partition_key: str | None 
     return base / asset_name / f"{partition_key}.parquet" if partition_key else base / f"{asset_name}.parquet"
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` to ``path`` so that readers see the old file or the new one, never a part.
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a file so that readers see the old version or the new one, never a part.
 
-    The frame goes to a temporary file in the same folder (name starts with ``.tmp-``, so no glob
-    of ``*.parquet`` picks it up), is flushed to disk, then renamed over ``path``.
+    ``write(fh)`` writes to a temporary file in the same folder (name starts with ``.tmp-`` and
+    ends with ``.part``, so no data glob picks it up), which is flushed to disk and then renamed
+    over ``path``. On any error the temporary file is removed and the old version stays.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.stem + "-", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            frame.write_parquet(fh, compression="zstd", statistics=True)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -40,6 +45,49 @@ def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
+    """:func:`write_atomic` of a Parquet file (zstd, with statistics)."""
+    return write_atomic(path, lambda fh: frame.write_parquet(fh, compression="zstd", statistics=True))
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """:func:`write_atomic` of a UTF-8 text file."""
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def temp_file_pattern(stem: str) -> re.Pattern[str]:
+    """Names :func:`write_parquet_atomic` gives the temporary files of ``{stem}.parquet``."""
+    return re.compile(rf"^{re.escape(TMP_PREFIX + stem)}-[A-Za-z0-9_]+\.part$")
+
+
+def remove_stale_temp_files(folder: str | Path, stem: str, *, older_than: float | None = None) -> list[Path]:
+    """Delete leftover temporary files of ``{folder}/{stem}.parquet`` (a writer killed mid-write).
+
+    Only the temp files of that one target are touched, and only those last modified before
+    ``older_than`` (seconds since the epoch; default now). Call it while holding the target's
+    partition lock (:func:`segpipe.locks.partition_lock`): then no live writer owns such a file.
+    Returns the removed paths.
+    """
+    folder = Path(folder)
+    cutoff = time.time() if older_than is None else older_than
+    pattern = temp_file_pattern(stem)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not pattern.match(entry.name):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def scan_partitions(lake_dir: str | Path, asset_name: str, partition_keys: list[str]) -> pl.LazyFrame | None:

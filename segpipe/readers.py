@@ -2,17 +2,27 @@
 
 Structural problems (a CSV line with the wrong number of fields, a JSONL line that is not a JSON
 object) never abort the read: the line becomes a quarantine row naming the file, the line and the
-reason. Problems a user must fix (file missing or unreadable, a mapped column absent) raise
-:class:`SourceError` naming the file and the column.
+reason. Problems a user must fix (file missing or unreadable, not UTF-8, a mapped column absent, a
+zero-byte CSV) raise :class:`SourceError` naming the file (and the column, or the byte and line).
+A file that changes while it is read raises :class:`SourceChangedError`. Transient I/O errors
+(``EIO``, ``EAGAIN``, ``ESTALE``, ...) propagate as :class:`OSError` so the orchestrator can retry.
+
+Any file may be gzip-compressed (``*.csv.gz``, ``*.jsonl.gz``, detected by its magic bytes, not its
+name). See ``docs/reliability.md`` for every decision on hostile input.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import glob
+import gzip
 import io
 import json
 import os
+import re
+import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +30,42 @@ import polars as pl
 
 from segpipe.contract import QUARANTINE_SCHEMA
 
-_EMAIL_RE = r"[^\s,;:\"'{}\[\]<>]+@[^\s,;:\"'{}\[\]<>]+"
+# The local part stops at URL punctuation, so "/unsubscribe?email=ann@example.com" keeps its path.
+_EMAIL_RE = r"[^\s,;:\"'{}\[\]<>?&=/]+@[^\s,;:\"'{}\[\]<>?&/]+"
+_EMAIL_PY = re.compile(_EMAIL_RE)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# A single CSV field may be large (a 1 MB free-text detail is kept as is); the csv module's default
+# limit of 128 KiB would otherwise turn such a line into a parser crash.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+#: errno values worth a retry: the same read may well succeed a moment later.
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EIO", "EAGAIN", "EWOULDBLOCK", "EINTR", "ETIMEDOUT", "ESTALE", "EBUSY", "ENFILE", "EMFILE",
+        "ENOMEM", "ENETDOWN", "ENETUNREACH", "ENETRESET", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH",
+        "EHOSTDOWN", "EREMOTEIO", "ENOLINK", "ECOMM",
+    ) if hasattr(errno, name)
+)
 
 
 class SourceError(ValueError):
     """A source file cannot be used as configured; the message names the file (and column)."""
+
+
+class SourceChangedError(SourceError):
+    """A source file changed between listing and reading, or while being read: re-run later."""
+
+
+def is_transient(exc: OSError) -> bool:
+    """True for I/O errors a retry may cure (EIO, EAGAIN, ESTALE, ...), False for missing files,
+    permissions and the like, which a user must fix."""
+    return exc.errno in TRANSIENT_ERRNOS
+
+
+def redact_text(text: str) -> str:
+    """:func:`redact` for plain Python strings (error messages)."""
+    return _EMAIL_PY.sub("<email>", text)
 
 
 @dataclass(frozen=True)
@@ -50,15 +91,48 @@ def list_source_files(pattern: str, *, source: str) -> list[str]:
     return files
 
 
+def _os_error(exc: OSError, path: str, source: str, doing: str = "read") -> Exception:
+    """A transient error stays an :class:`OSError` (retried); anything else is a SourceError."""
+    if is_transient(exc):
+        return OSError(exc.errno, f"source '{source}': transient I/O error, cannot {doing} {path}: "
+                                  f"{exc.strerror or exc} (a retry may succeed)")
+    return SourceError(f"source '{source}': cannot {doing} {path}: {exc.strerror or exc}")
+
+
+def stat_source_file(path: str, *, source: str) -> os.stat_result:
+    """``os.stat`` of a listed file; a file gone since it was listed is a :class:`SourceChangedError`."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise SourceChangedError(
+            f"source '{source}': {path} disappeared while the source was being read; re-run"
+        ) from None
+    except OSError as exc:
+        raise _os_error(exc, path, source, "stat") from None
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _check_unchanged(path: str, source: str, before: os.stat_result, after: os.stat_result, when: str) -> None:
+    if _signature(before) != _signature(after):
+        raise SourceChangedError(
+            f"source '{source}': {path} changed {when} (size {before.st_size} -> {after.st_size} bytes, "
+            f"mtime_ns {before.st_mtime_ns} -> {after.st_mtime_ns}); wait until it is complete, then re-run"
+        )
+
+
 def read_source_file(
-    path: str, *, fmt: str, columns: list[str], source: str, separator: str = ","
+    path: str, *, fmt: str, columns: list[str], source: str, separator: str = ",",
+    listed: os.stat_result | None = None,
 ) -> RawFile:
     """Read one file, keeping only ``columns`` (source names), with a 1-based ``source_row``.
 
     Parameters
     ----------
     path : str
-        The file.
+        The file (plain or gzip-compressed, detected by its magic bytes).
     fmt : {"csv", "parquet", "jsonl"}
         Its format.
     columns : list of str
@@ -67,11 +141,25 @@ def read_source_file(
         Source name, for messages and quarantine rows.
     separator : str
         CSV field separator.
+    listed : os.stat_result, optional
+        The file's ``os.stat`` when its source was listed; a file that changed since then, or
+        changes while being read (size, mtime, inode), raises :class:`SourceChangedError`.
+
+    Raises
+    ------
+    SourceError
+        The file cannot be used: gone, unreadable, not UTF-8, empty CSV, corrupt, a column missing.
+    OSError
+        A transient I/O error (see :data:`TRANSIENT_ERRNOS`): retrying may succeed.
     """
-    try:
-        stat = os.stat(path)
-    except OSError as exc:
-        raise SourceError(f"source '{source}': cannot read {path}: {exc.strerror}") from None
+    if listed is None:
+        try:
+            before = os.stat(path)
+        except OSError as exc:
+            raise _os_error(exc, path, source) from None
+    else:
+        before = stat_source_file(path, source=source)
+        _check_unchanged(path, source, listed, before, "since it was listed")
     try:
         if fmt == "csv":
             frame, malformed = _read_csv(path, columns, source, separator)
@@ -82,16 +170,19 @@ def read_source_file(
         else:  # pragma: no cover - the config only allows the three
             raise SourceError(f"source '{source}': unknown format {fmt!r} for {path}")
     except OSError as exc:
-        raise SourceError(f"source '{source}': cannot read {path}: {exc}") from None
-    return RawFile(path=path, frame=frame, malformed=malformed, mtime=stat.st_mtime)
+        raise _os_error(exc, path, source) from None
+    _check_unchanged(path, source, before, stat_source_file(path, source=source), "while being read")
+    return RawFile(path=path, frame=frame, malformed=malformed, mtime=before.st_mtime)
 
 
 def _missing_columns(path: str, source: str, have: list[str], want: list[str]) -> None:
     missing = [c for c in want if c not in have]
     if missing:
+        # The "header" may really be a data row (a file without header): never echo an email.
+        found = redact_text(repr(have[:50])) + (f" and {len(have) - 50} more" if len(have) > 50 else "")
         raise SourceError(
             f"source '{source}': {path} has no column {', '.join(repr(c) for c in missing)} "
-            f"(mapped in the config); columns found: {have}"
+            f"(mapped in the config); columns found: {found}"
         )
 
 
@@ -111,25 +202,55 @@ def _malformed(path: str, source: str, rows: list[tuple[int, str, str]]) -> pl.D
     ).with_columns(redact(pl.col("raw")))
 
 
+def _read_bytes(path: str, source: str) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip magic number."""
+    data = Path(path).read_bytes()
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise SourceError(
+                f"source '{source}': {path} is a corrupt or truncated gzip file ({exc}); re-export it"
+            ) from None
+    return data
+
+
 def _decode(path: str, data: bytes, source: str) -> str:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise SourceError(
+            f"source '{source}': {path} is UTF-16 (byte order mark at byte 0), not UTF-8; "
+            f"re-encode it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = data[exc.start:exc.end].hex(" ")
         raise SourceError(
-            f"source '{source}': {path} is not UTF-8 (byte {exc.start}: {exc.reason}); re-encode it as UTF-8"
+            f"source '{source}': {path} is not UTF-8 (byte offset {exc.start}, line {line}, column {col}: "
+            f"byte(s) {bad}, {exc.reason}); re-encode it as UTF-8 (for Windows-1252 / Latin-1 exports: "
+            f"iconv -f CP1252 -t UTF-8)"
         ) from None
 
 
 def _read_csv(path: str, columns: list[str], source: str, sep: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    text = _decode(path, Path(path).read_bytes(), source)
+    text = _decode(path, _read_bytes(path, source), source)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
     if not lines:
-        raise SourceError(f"source '{source}': {path} is empty (no header line)")
+        # A zero-byte CSV is most often a failed or truncated export: refuse rather than read it
+        # as "no rows". A file with only the header line is a valid empty file.
+        raise SourceError(
+            f"source '{source}': {path} is empty (0 bytes, no header line): a failed export? "
+            f"Write at least the header line for an empty file, or remove it"
+        )
+    if not lines[0].strip():
+        raise SourceError(f"source '{source}': {path} line 1 (the header) is blank; expected column names")
     header = next(csv.reader([lines[0]], delimiter=sep))
     _missing_columns(path, source, header, columns)
     if any(ln.count('"') % 2 for ln in lines):
@@ -186,7 +307,7 @@ def _read_csv_slow(
 
 
 def _read_jsonl(path: str, columns: list[str], source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    text = _decode(path, Path(path).read_bytes(), source)
+    text = _decode(path, _read_bytes(path, source), source)
     lines = text.split("\n")
     nonblank = [i for i, ln in enumerate(lines, start=1) if ln.strip()]
     if nonblank:
@@ -228,11 +349,42 @@ def _read_jsonl(path: str, columns: list[str], source: str) -> tuple[pl.DataFram
 
 
 def _read_parquet(path: str, columns: list[str], source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == _GZIP_MAGIC
+    target: str | io.BytesIO = io.BytesIO(_read_bytes(path, source)) if gzipped else path
     try:
-        schema = pl.read_parquet_schema(path)
+        schema = pl.read_parquet_schema(target)
+        if isinstance(target, io.BytesIO):
+            target.seek(0)
+    except OSError as exc:
+        if is_transient(exc):
+            raise
+        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
     except Exception as exc:  # polars raises several error types for a corrupt file
         raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
     _missing_columns(path, source, list(schema), columns)
-    frame = pl.read_parquet(path, columns=columns)
+    for c in columns:
+        dtype = schema[c]
+        if dtype.is_nested() or dtype == pl.Object:
+            raise SourceError(
+                f"source '{source}': {path} column {c!r} has type {dtype}; expected text, a number, "
+                f"a date or a timestamp"
+            )
+    try:
+        frame = pl.read_parquet(target, columns=columns)
+    except OSError as exc:
+        if is_transient(exc):
+            raise
+        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
+    except Exception as exc:  # a corrupt row group surfaces only when the data is read
+        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
+    for c in columns:
+        if frame.schema[c] == pl.Binary:
+            try:
+                frame = frame.with_columns(pl.col(c).cast(pl.String))
+            except Exception:  # noqa: BLE001 - polars' error type for invalid UTF-8 varies
+                raise SourceError(
+                    f"source '{source}': {path} column {c!r} holds bytes that are not UTF-8 text"
+                ) from None
     frame = frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_row"))
     return frame, pl.DataFrame(schema=QUARANTINE_SCHEMA)

@@ -1,8 +1,6 @@
 """Ingestion on real files: mapping, validation, quarantine, dedupe, accounting, bad input."""
 
-import gzip
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
