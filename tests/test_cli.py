@@ -86,3 +86,16 @@ def test_segpipe_library_never_imports_dagster():
             "print('dagster' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_rule_on_a_missing_feature_is_one_clear_line(orders_project, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    cfg = yaml.safe_load(orders_project.read_text())
+    cfg["segments"] = {"rules": [{"name": "Hot leads", "where": "pricing_view_7d >= 3"}]}
+    orders_project.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["--config", str(orders_project), "run", "--from", "2025-01", "--to", "2025-01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "segments.rules['Hot leads']: unknown feature column(s) ['pricing_view_7d']" in err
