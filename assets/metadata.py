@@ -18,6 +18,11 @@ def column_schema(schema: dict[str, pl.DataType], descriptions: dict[str, str] |
     )
 
 
+def _cell(value: object, limit: int = 60) -> str:
+    text = "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def preview(frame: pl.DataFrame, rows: int = 10) -> dg.MetadataValue:
     """A Markdown preview of the first rows."""
     head = frame.head(rows)
@@ -26,7 +31,7 @@ def preview(frame: pl.DataFrame, rows: int = 10) -> dg.MetadataValue:
     cols = head.columns
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in head.iter_rows():
-        lines.append("| " + " | ".join("" if v is None else str(v) for v in row) + " |")
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     return dg.MetadataValue.md("\n".join(lines))
 
 
