@@ -354,6 +354,44 @@ def profile_section(profiles: pl.DataFrame, *, month: str, schemes: Sequence[str
     )
 
 
+def outcome_section(outcomes: pl.DataFrame | None, *, month: str,
+                    schemes: Sequence[str] | None = None) -> Section | None:
+    """Next-month outcome lift per segment: how the segments of ``month`` behaved the month after,
+    against all known customers (1.0 = like everyone). None when no outcomes exist yet."""
+    if outcomes is None or outcomes.height == 0:
+        return None
+    _require(outcomes, ["scheme", "segment", "customers", "active_lift", "ordered_lift"], "segment_outcomes")
+    charts = []
+    for scheme in _scheme_order(outcomes["scheme"].unique().to_list(), schemes):
+        rows = (
+            outcomes.filter(pl.col("scheme") == scheme)
+            .select("segment", "customers", pl.col("active_lift").fill_null(0.0).round(3),
+                    pl.col("ordered_lift").fill_null(0.0).round(3))
+            .sort("segment")
+        )
+        bars = alt.Chart(rows, title="Next-month activity lift" + _chart_suffix(scheme)).mark_bar().encode(
+            x=alt.X("active_lift:Q", title="active next month / all known customers"),
+            y=alt.Y("segment:N", sort="-x", title=None),
+            tooltip=["segment", "customers", "active_lift", "ordered_lift"],
+        )
+        rule = alt.Chart(pl.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q")
+        charts.append(alt.layer(bars, rule).properties(width=420))
+    table = outcomes.select(
+        "scheme", "segment", "customers",
+        *[pl.col(c).round(3) for c in ("ordered_next", "active_next", "revenue_next_per_customer",
+                                       "ordered_lift", "active_lift", "revenue_lift") if c in outcomes.columns],
+    ).sort("scheme", "segment")
+    return Section(
+        key="outcomes",
+        title="Next-month outcomes",
+        intro=(f"What the customers of each segment at the end of {_month(month)} did the month after: the "
+               "share active, relative to all known customers (the dashed line is 1.0)."),
+        charts=tuple(charts),
+        tables=(("Outcomes per segment", table),),
+        fold_tables=True,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------

@@ -139,6 +139,8 @@ def test_report_renders_every_chart_without_console_errors(project, browser):
             assert rendered == "true" and drawn >= 1 and marks > 0, chart_id
         assert errors == []
         assert re.search(r"Migration from the previous month", page.inner_text("body"))
+        # last month's segments are followed into this month: the outcome lift section is there
+        assert page.locator("#outcomes .vega-chart").count() >= 1
         assert page.locator("#profiles table tbody tr").count() >= 2
     finally:
         page.close()

@@ -61,7 +61,7 @@ def test_graph_snapshot_of_the_sample_config():
     assert parents["segment_membership"] == ["customer_features", "segment_model"]
     assert parents["segment_outcomes"] == ["customer_activity_monthly", "customer_features", "segment_membership"]
     assert parents["segment_exports"] == ["segment_membership"]
-    assert parents["segment_report"] == ["segment_membership", "segment_profiles"]
+    assert parents["segment_report"] == ["segment_membership", "segment_outcomes", "segment_profiles"]
 
 
 def test_one_month_materializes_end_to_end(orders_project):

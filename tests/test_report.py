@@ -230,3 +230,22 @@ def test_docstring_examples():
     import segpipe.report
 
     assert doctest.testmod(segpipe.report).failed == 0
+
+
+def test_outcome_section_renders_only_with_outcomes():
+    import polars as pl
+
+    from segpipe.report import outcome_section
+
+    assert outcome_section(None, month="2025-01") is None
+    assert outcome_section(pl.DataFrame(schema={"scheme": pl.String}), month="2025-01") is None
+    out = pl.DataFrame({
+        "scheme": ["rfm", "rfm", "lifecycle"], "segment": ["At Risk", "Champions", "lapsed"],
+        "customers": [10, 5, 7], "ordered_next": [0.1, 0.8, 0.0], "active_next": [0.2, 0.9, 0.1],
+        "revenue_next_per_customer": [1.0, 50.0, 0.0], "ordered_lift": [0.5, 4.0, 0.0],
+        "active_lift": [0.4, 1.8, 0.2], "revenue_lift": [0.1, 5.0, 0.0],
+    })
+    section = outcome_section(out, month="2025-01", schemes=["rfm", "lifecycle"])
+    assert section.key == "outcomes" and len(section.charts) == 2
+    caption, table = section.tables[0]
+    assert table.filter(pl.col("segment") == "At Risk")["active_lift"].item() == 0.4
