@@ -27,8 +27,6 @@ CANONICAL_INPUT_COLUMNS: dict[str, str] = {
     "detail": "Feature name / page path / campaign / discount code.",
 }
 
-DIRECT_IDENTIFIERS: tuple[str, ...] = ("email", "phone")
-
 #: Raw event type -> canonical event type, per source, when the config gives none.
 DEFAULT_EVENT_TYPES: dict[str, dict[str, str]] = {
     "orders": {"order": "order"},
@@ -108,8 +106,3 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "playbook_action": "Action from the config's playbook for this segment.",
     "action": "Action from the config's playbook for this segment.",
 }
-
-
-def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """An empty frame with exactly ``schema``."""
-    return pl.DataFrame(schema=schema)

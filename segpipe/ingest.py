@@ -42,7 +42,7 @@ from segpipe.contract import (
     QUARANTINE_SCHEMA,
 )
 from segpipe.readers import RawFile, list_source_files, read_source_file, redact, stat_source_file
-from segpipe.timeutil import month_start, next_month
+from segpipe.timeutil import month_start
 
 #: Which identifier every row of a source must carry, in order of preference, when the
 #: config does not say.
@@ -436,9 +436,3 @@ def ingest_source(
             files=files,
         )
     return results
-
-
-def month_bounds(partition_key: str) -> tuple[dt.datetime, dt.datetime]:
-    """[start, end) of a monthly partition, in UTC."""
-    start = month_start(partition_key)
-    return start, next_month(start)

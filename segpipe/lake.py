@@ -52,11 +52,6 @@ def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
     return write_atomic(path, lambda fh: frame.write_parquet(fh, compression="zstd", statistics=True))
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """:func:`write_atomic` of a UTF-8 text file."""
-    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
 def temp_file_pattern(stem: str) -> re.Pattern[str]:
     """Names :func:`write_parquet_atomic` gives the temporary files of ``{stem}.parquet``."""
     return re.compile(rf"^{re.escape(TMP_PREFIX + stem)}-[A-Za-z0-9_]+\.part$")
@@ -88,9 +83,3 @@ def remove_stale_temp_files(folder: str | Path, stem: str, *, older_than: float 
         except FileNotFoundError:
             continue
     return removed
-
-
-def scan_partitions(lake_dir: str | Path, asset_name: str, partition_keys: list[str]) -> pl.LazyFrame | None:
-    """Lazy scan of the existing files of ``partition_keys`` (None when none exists)."""
-    paths = [p for k in partition_keys if (p := asset_path(lake_dir, asset_name, k)).is_file()]
-    return pl.scan_parquet(paths) if paths else None
