@@ -199,7 +199,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         for pk in partitions_of(context):
             mem = require(segment_membership, pk, "segment_membership").collect()
             paths = {}
-            for scheme in SCHEMES:
+            for scheme in cfg.segments.exports:
                 path = base / scheme / f"{pk}.csv"
                 frame = activation_export(mem, scheme, cfg.playbook)
                 write_partition_file(cfg.lake_path, f"segment_exports/{scheme}", pk, path,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from segpipe.config import ConfigError, SegpipeConfig, load_config
+from segpipe.config import ConfigError, SegpipeConfig, check_scheme, load_config
 from segpipe.lake import asset_path
 from segpipe.readers import SourceError
 from segpipe.timeutil import month_key, month_range
@@ -67,8 +67,13 @@ def _print_table(frame: pl.DataFrame) -> None:
         print(frame)
 
 
-def print_summary(config: SegpipeConfig, month: str) -> bool:
-    """Print the segment summary and the ingestion accounting of ``month``; False if not built."""
+SCHEME_TITLES = {"cluster": "Behavioral clusters", "rfm": "RFM segments", "lifecycle": "Lifecycle stages",
+                 "rules": "Rule segments"}
+
+
+def print_summary(config: SegpipeConfig, month: str, schemes: list[str] | None = None) -> bool:
+    """Print the segment summary (of ``schemes``, default all) and the ingestion accounting of
+    ``month``; False if not built."""
     key = month_key(month)
     lake = config.lake_path
     prof_path = asset_path(lake, "segment_profiles", key)
@@ -85,8 +90,9 @@ def print_summary(config: SegpipeConfig, month: str) -> bool:
         print(f"\nIngestion, {key[:7]}:")
         _print_table(pl.DataFrame(acc))
     prof = pl.read_parquet(prof_path)
-    for scheme, title in (("cluster", "Behavioral clusters"), ("rfm", "RFM segments"), ("lifecycle", "Lifecycle stages"),
-                          ("rules", "Rule segments")):
+    for scheme, title in SCHEME_TITLES.items():
+        if schemes and scheme not in schemes:
+            continue
         part = prof.filter(pl.col("scheme") == scheme)
         if part.height == 0:
             continue
@@ -144,7 +150,8 @@ def cmd_run(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) 
 
 
 def cmd_show(args: argparse.Namespace, config: SegpipeConfig) -> int:
-    return 0 if print_summary(config, args.month) else 1
+    schemes = [check_scheme(s, "--scheme") for s in args.scheme or []]
+    return 0 if print_summary(config, args.month, schemes) else 1
 
 
 # -- ui -------------------------------------------------------------------------------------------
@@ -197,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=3000)
     sh = sub.add_parser("show", help="print the segment summary of a month")
     sh.add_argument("month", help="YYYY-MM")
+    sh.add_argument("--scheme", action="append", help="only this scheme (rfm, rules, lifecycle, cluster); repeatable")
     return p
 
 

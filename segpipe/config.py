@@ -251,6 +251,16 @@ class LifecycleConfig(_Model):
         return self
 
 
+SCHEME_NAMES: tuple[str, ...] = ("rfm", "rules", "lifecycle", "cluster")
+
+
+def check_scheme(name: str, where: str) -> str:
+    """``name`` if it is a segmentation scheme, else a ConfigError naming ``where`` and the choices."""
+    if name not in SCHEME_NAMES:
+        raise ConfigError(f"{where}: unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
+    return name
+
+
 class SegmentsConfig(_Model):
     """Segmentation schemes (RFM, rules, lifecycle, clusters)."""
 
@@ -259,6 +269,16 @@ class SegmentsConfig(_Model):
     rules_default: str = Field(default="Unsegmented", description="Label when no rule matches.")
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    exports: list[str] = Field(default_factory=lambda: list(SCHEME_NAMES),
+                               description="Schemes written as activation CSVs (default: all four).")
+
+    @field_validator("exports")
+    @classmethod
+    def _export_schemes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in SCHEME_NAMES:
+                raise ValueError(f"unknown scheme {name!r}; expected one of {', '.join(SCHEME_NAMES)}")
+        return sorted(set(value), key=SCHEME_NAMES.index)
 
 
 class DriftConfig(_Model):

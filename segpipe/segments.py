@@ -11,12 +11,13 @@ from __future__ import annotations
 import polars as pl
 
 from segpipe.clustering import ANONYMOUS_ID, ANONYMOUS_NAME, ClusterModel
-from segpipe.config import ConfigError, SegmentsConfig
+from segpipe.config import SCHEME_NAMES, ConfigError, SegmentsConfig
 from segpipe.schemes import lifecycle_stage, rule_segments, score_rfm
 
 SCHEMES: dict[str, str] = {
     "rfm": "rfm_segment", "rules": "rule_segment", "lifecycle": "lifecycle_stage", "cluster": "cluster_name",
 }
+assert tuple(SCHEMES) == SCHEME_NAMES
 MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(), "snapshot_month": pl.Date(), "identity": pl.String(),
     "r_score": pl.Int8(), "f_score": pl.Int8(), "m_score": pl.Int8(), "rfm_segment": pl.String(), "rfm_reason": pl.String(),

@@ -99,3 +99,35 @@ def test_a_rule_on_a_missing_feature_is_one_clear_line(orders_project, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "segments.rules['Hot leads']: unknown feature column(s) ['pricing_view_7d']" in err
+
+
+def test_an_unknown_scheme_name_is_one_clear_line(orders_project, capsys):
+    import yaml
+
+    assert main(["--config", str(orders_project), "show", "2025-01", "--scheme", "rmf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "segpipe: --scheme: unknown scheme 'rmf'; expected one of rfm, rules, lifecycle, cluster"
+
+    cfg = yaml.safe_load(orders_project.read_text())
+    cfg["segments"] = {"exports": ["rfm", "clusters"]}
+    orders_project.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(orders_project), "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "segments.exports: Value error, unknown scheme 'clusters'; expected one of rfm, rules, lifecycle, cluster" in err
+
+
+def test_exports_only_the_configured_schemes(orders_project, tmp_path, monkeypatch):
+    import yaml
+
+    cfg = yaml.safe_load(orders_project.read_text())
+    cfg["segments"] = {"exports": ["lifecycle", "rfm"]}
+    orders_project.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["--config", str(orders_project), "run", "--from", "2025-01", "--to", "2025-01"]) == 0
+    exports = orders_project.parent / "lake" / "exports"
+    assert sorted(p.name for p in exports.iterdir()) == ["lifecycle", "rfm"]
+    rows = pl.read_csv(exports / "rfm" / "2025-01-01.csv")
+    members = pl.read_parquet(asset_path(orders_project.parent / "lake", "segment_membership", "2025-01-01"))
+    assert rows.columns == ["customer_id", "segment", "action"]
+    assert rows["customer_id"].to_list() == sorted(members["customer_id"].to_list()) and rows.height >= 2
