@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
-from assets.partitions import monthly_partitions
+from assets.partitions import PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.features import (
@@ -23,7 +23,6 @@ from segpipe.features import (
 from segpipe.identity import IDENTITY_KINDS, customer_identity
 from segpipe.timeutil import month_key, month_range, month_start, next_month
 
-PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
 LAST_13_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-12, end_offset=0, allow_nonexistent_upstream_partitions=True)
 LAST_12_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-11, end_offset=0, allow_nonexistent_upstream_partitions=True)
 

@@ -22,3 +22,11 @@ SAME_MONTH = dg.TimeWindowPartitionMapping()
 HISTORY_TO_DATE = dg.TimeWindowPartitionMapping(
     start_offset=-HISTORY_MONTHS, end_offset=0, allow_nonexistent_upstream_partitions=True
 )
+#: The month before (the first month has none).
+PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
+#: The month after (empty until it exists).
+NEXT_MONTH = dg.TimeWindowPartitionMapping(start_offset=1, end_offset=1, allow_nonexistent_upstream_partitions=True)
+#: The month before and this one.
+PREVIOUS_AND_THIS_MONTH = dg.TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
+)

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, require
-from assets.partitions import HISTORY_TO_DATE, monthly_partitions
+from assets.partitions import HISTORY_TO_DATE, PREVIOUS_AND_THIS_MONTH, PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.lake import asset_path
@@ -18,11 +18,6 @@ from segpipe.timeutil import month_key, month_start, next_month
 
 REPORT_ASSET = "segment_report"
 
-#: This month and the one before it (the first month has no previous one).
-PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
-PREVIOUS_AND_THIS_MONTH = dg.TimeWindowPartitionMapping(
-    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
-)
 
 
 #: Columns of the report's profile and playbook table.

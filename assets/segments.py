@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
-from assets.partitions import monthly_partitions
+from assets.partitions import NEXT_MONTH, PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.clustering import MODEL_SCHEMA, ClusterModel, fit_cluster_model
 from segpipe.config import SegpipeConfig
@@ -23,11 +23,10 @@ from segpipe.segments import (
     build_outcomes,
     build_profiles,
     clusterable,
+    with_rfm_thresholds,
 )
 from segpipe.timeutil import month_key, month_start, next_month
 
-PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
-NEXT_MONTH = dg.TimeWindowPartitionMapping(start_offset=1, end_offset=1, allow_nonexistent_upstream_partitions=True)
 REFIT_TAG = "segpipe/refit_model"
 
 
@@ -57,6 +56,8 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "features": "Clustering features.", "center": "Robust scaler centers (log1p units).",
             "scale": "Robust scaler scales.", "centroid": "Centroid in scaled units.",
             "profile": "Median of each feature in the cluster (raw units).",
+            "rfm_thresholds": "RFM score thresholds fitted on the same snapshot: smallest value scoring 2..5 for R "
+                              "(days negated), F and M; later months are scored with them until the next refit.",
         })},
     )
     def segment_model(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
@@ -64,7 +65,8 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         """The behavioral cluster model in force for the month: k-means with automatic k, refit on
         quarter-end snapshots (or on request) and carried forward otherwise; refit clusters keep the
         ids of the previous model's clusters they match."""
-        cfg = segpipe.config().segments.clustering
+        segments_cfg = segpipe.config().segments
+        cfg = segments_cfg.clustering
         keys = partitions_of(context)
         first = monthly.get_first_partition_key()
         prev_key = month_key(next_month(month_start(keys[0]), -1))
@@ -76,7 +78,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             if reason:
                 feats = clusterable(require(customer_features, pk, "customer_features").collect())
                 if feats.height >= 2 * cfg.k_max:
-                    prev = fit_cluster_model(feats, cfg, previous=prev)
+                    prev = with_rfm_thresholds(fit_cluster_model(feats, cfg, previous=prev), feats, segments_cfg)
                 elif prev is None:
                     prev = ClusterModel(pl.DataFrame(schema=MODEL_SCHEMA))
                     reason = f"too few customers to cluster ({feats.height})"

@@ -23,6 +23,7 @@ MODEL_SCHEMA: dict[str, pl.DataType] = {
     "silhouette": pl.Float64(), "size_share": pl.Float64(), "features": pl.List(pl.String()),
     "center": pl.List(pl.Float64()), "scale": pl.List(pl.Float64()), "centroid": pl.List(pl.Float64()),
     "profile": pl.List(pl.Float64()),
+    "rfm_thresholds": pl.List(pl.Float64()),
 }
 ANONYMOUS_ID, ANONYMOUS_NAME = "A0", "Anonymous visitors"
 
@@ -181,7 +182,7 @@ def fit_cluster_model(
             "cluster_id": ids, "cluster_name": names, "fitted_on": [fitted_on] * k, "k": [k] * k,
             "silhouette": [sil] * k, "size_share": sizes.tolist(), "features": [cfg.features] * k,
             "center": [scaler.center_.tolist()] * k, "scale": [scale.tolist()] * k,
-            "centroid": centers.tolist(), "profile": profiles.tolist(),
+            "centroid": centers.tolist(), "profile": profiles.tolist(), "rfm_thresholds": [None] * k,
         },
         schema=MODEL_SCHEMA,
     ).sort("cluster_id")

@@ -281,11 +281,45 @@ class SegmentsConfig(_Model):
         return sorted(set(value), key=SCHEME_NAMES.index)
 
 
-class DriftConfig(_Model):
-    """Drift thresholds (filled in by the drift work)."""
+#: Current behavior (30-day windows and recency): what moves first when customers change.
+DEFAULT_DRIFT_FEATURES = ["recency_days", "orders_30d", "revenue_30d", "active_days_30d", "app_days_30d",
+                          "product_views_30d", "email_open_rate_30d"]
+DEFAULT_DRIFT_CATEGORICAL = ["usage_tier", "preferred_channel"]
 
-    psi_warn: float = Field(default=0.1, ge=0)
-    psi_alert: float = Field(default=0.25, ge=0)
+
+class DriftConfig(_Model):
+    """Drift thresholds. A feature has *drifted* when its distance reaches the threshold (normalised
+    Wasserstein for numeric features, Jensen-Shannon for categorical ones, Evidently's defaults)
+    and the shift is statistically significant; the month has *dataset drift* when the drifted
+    share of features reaches ``dataset_drift_share``. PSI is reported per feature with its
+    classic bands (``psi_warn``/``psi_alert``)."""
+
+    features: list[str] = Field(default_factory=lambda: list(DEFAULT_DRIFT_FEATURES),
+                                description="Numeric features watched (default: current behavior, 30-day windows).")
+    categorical: list[str] = Field(default_factory=lambda: list(DEFAULT_DRIFT_CATEGORICAL),
+                                   description="Categorical features watched.")
+    psi_warn: float = Field(default=0.1, ge=0, description="PSI band: moderate shift.")
+    psi_alert: float = Field(default=0.25, ge=0, description="PSI band: major shift.")
+    wasserstein: float = Field(default=0.1, gt=0, description="Normalised Wasserstein distance: drifted at or above.")
+    js: float = Field(default=0.1, gt=0, le=1, description="Jensen-Shannon distance: drifted at or above.")
+    significance: float = Field(default=0.01, gt=0, lt=1,
+                                description="A shift counts only when the chi-square p-value is below this.")
+    warn_share: float = Field(default=0.25, gt=0, le=1, description="Drifted share of features that warns.")
+    dataset_drift_share: float = Field(default=0.5, gt=0, le=1,
+                                       description="Drifted share of features that declares dataset drift (alert).")
+    warmup_months: int = Field(default=12, ge=0,
+                               description="Months after first_month that report drift but never alert (windows "
+                                           "still filling, no year-earlier snapshot to tell season from drift).")
+    centroid_warn: float = Field(default=0.5, gt=0, description="Cluster mean shift (scaled units) that warns.")
+    centroid_alert: float = Field(default=1.0, gt=0, description="Cluster mean shift (scaled units) that alerts.")
+
+    @model_validator(mode="after")
+    def _order(self) -> DriftConfig:
+        for low, high in (("psi_warn", "psi_alert"), ("warn_share", "dataset_drift_share"),
+                          ("centroid_warn", "centroid_alert")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must be <= {high} ({getattr(self, high)})")
+        return self
 
 
 class SegpipeConfig(_Model):

@@ -6,6 +6,16 @@
 * Jensen-Shannon distance (base 2, in [0, 1]) for categorical features;
 * a two-sample chi-square test on the PSI bins' counts, so that a PSI above
   the threshold on a handful of customers is not reported as a significant shift.
+
+On top of them, the tables the drift assets publish per snapshot month:
+
+* :func:`feature_drift` - per feature and reference (previous month, model reference);
+* :func:`segment_shift` - segment shares now, last month and at the model's reference, and the
+  PSI over those shares per scheme;
+* :func:`migration_matrix` - from-segment x to-segment counts between consecutive months, with
+  customers who entered (``(new)``) or left (``(gone)``);
+* :func:`centroid_shift` - distance of each cluster's current mean from the model's centroid, in
+  the model's scaled units.
 """
 
 from __future__ import annotations
@@ -13,10 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, wasserstein_distance
 
+from segpipe.clustering import ClusterModel
+from segpipe.config import DriftConfig
+from segpipe.segments import SCHEMES, clusterable
+
 EPS = 1e-4  # share given to an empty bin so that the logarithm stays finite
+OK, WARN, ALERT = "ok", "warn", "alert"
+ENTERED, EXITED = "(new)", "(gone)"
+MISSING = "(none)"  # categorical value of a null
 
 
 def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
@@ -93,3 +111,279 @@ def numeric_drift(reference: np.ndarray, current: np.ndarray, *, bins: int = 10)
     # two-sample test: the reference is a sample too, not the truth
     p = float(chi2_contingency(table).pvalue) if table.shape[1] > 1 else 1.0
     return NumericDrift(psi(r_share, c_share), normalized_wasserstein(reference, current), p, len(edges) + 1)
+
+
+def _chi2_p(table: np.ndarray) -> float:
+    table = table[:, table.sum(axis=0) > 0]
+    return float(chi2_contingency(table).pvalue) if table.shape[1] > 1 and (table.sum(axis=1) > 0).all() else 1.0
+
+
+def categorical_drift(reference: list, current: list) -> tuple[float, float, float]:
+    """PSI over categories, Jensen-Shannon distance and the chi-square p-value of two samples."""
+    cats = sorted({*map(str, reference), *map(str, current)})
+    if not cats or not reference or not current:
+        return float("nan"), float("nan"), float("nan")
+    pos = {c: i for i, c in enumerate(cats)}
+    r = np.bincount([pos[str(x)] for x in reference], minlength=len(cats)).astype(float)
+    c = np.bincount([pos[str(x)] for x in current], minlength=len(cats)).astype(float)
+    return psi(r / r.sum(), c / c.sum()), float(jensenshannon(r / r.sum(), c / c.sum(), base=2)), _chi2_p(np.vstack([r, c]))
+
+
+def level(value: float, warn: float, alert: float) -> str:
+    """``ok``/``warn``/``alert`` for a value against two thresholds (NaN is ok)."""
+    if value is None or not np.isfinite(value):
+        return OK
+    return ALERT if value >= alert else WARN if value >= warn else OK
+
+
+FEATURE_DRIFT_SCHEMA: dict[str, pl.DataType] = {
+    "snapshot_month": pl.Date(), "comparison": pl.String(), "reference_month": pl.Date(), "feature": pl.String(),
+    "kind": pl.String(), "psi": pl.Float64(), "psi_band": pl.String(), "wasserstein": pl.Float64(),
+    "js": pl.Float64(), "p_value": pl.Float64(), "significant": pl.Boolean(), "drifted": pl.Boolean(),
+    "reference_rows": pl.Int64(), "current_rows": pl.Int64(),
+}
+FEATURE_DRIFT_DESCRIPTIONS = {
+    "comparison": "Reference compared with: previous_month, model_reference (the snapshot the model was fitted on) "
+                  "or year_earlier (the same month a year before, to tell season from drift).",
+    "reference_month": "Snapshot month of the reference.", "feature": "Feature compared.",
+    "kind": "numeric or categorical.", "psi": "Population stability index on the reference's quantile bins (categories for categorical).",
+    "psi_band": "ok / warn / alert by drift.psi_warn and drift.psi_alert (only when significant).",
+    "wasserstein": "Wasserstein distance normalised by the reference std (numeric).",
+    "js": "Jensen-Shannon distance, base 2 (categorical).",
+    "p_value": "Two-sample chi-square p-value on the PSI bins.",
+    "significant": "p_value below drift.significance.",
+    "drifted": "Distance at or above its threshold (Wasserstein or JS) and significant.",
+    "reference_rows": "Customers in the reference.", "current_rows": "Customers in this snapshot.",
+}
+
+
+def _values(frame: pl.DataFrame, column: str) -> np.ndarray:
+    return frame[column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+
+
+def feature_drift(current: pl.DataFrame, reference: pl.DataFrame, numeric: list[str], categorical: list[str],
+                  cfg: DriftConfig) -> pl.DataFrame:
+    """One row per feature: PSI, Wasserstein or JS, p-value, and whether it drifted (known customers
+    only: anonymous visitors are not segmented on behavior)."""
+    cur, ref = clusterable(current), clusterable(reference)
+    rows = []
+    for col in numeric:
+        d = numeric_drift(_values(ref, col), _values(cur, col))
+        rows.append({"feature": col, "kind": "numeric", "psi": d.psi, "wasserstein": d.wasserstein, "js": None,
+                     "p_value": d.p_value, "distance_drifted": d.wasserstein >= cfg.wasserstein})
+    for col in categorical:
+        r_vals = ref[col].cast(pl.String).fill_null(MISSING).to_list()
+        c_vals = cur[col].cast(pl.String).fill_null(MISSING).to_list()
+        p, js, pv = categorical_drift(r_vals, c_vals)
+        rows.append({"feature": col, "kind": "categorical", "psi": p, "wasserstein": None, "js": js, "p_value": pv,
+                     "distance_drifted": js >= cfg.js})
+    out = []
+    for r in rows:
+        sig = bool(np.isfinite(r["p_value"]) and r["p_value"] < cfg.significance)
+        out.append({
+            "feature": r["feature"], "kind": r["kind"], "psi": r["psi"],
+            "psi_band": level(r["psi"], cfg.psi_warn, cfg.psi_alert) if sig else OK,
+            "wasserstein": r["wasserstein"], "js": r["js"], "p_value": r["p_value"], "significant": sig,
+            "drifted": bool(sig and r["distance_drifted"]), "reference_rows": ref.height, "current_rows": cur.height,
+        })
+    schema = {k: v for k, v in FEATURE_DRIFT_SCHEMA.items() if k not in ("snapshot_month", "comparison", "reference_month")}
+    return pl.DataFrame(out, schema=schema, orient="row") if out else pl.DataFrame(schema=schema)
+
+
+def drift_status(table: pl.DataFrame, cfg: DriftConfig) -> dict[str, dict]:
+    """Per comparison: drifted share of features, the drifted features and the status
+    (``alert`` = dataset drift, ``warn`` at ``warn_share``)."""
+    out = {}
+    for comparison in table["comparison"].unique(maintain_order=True).to_list():
+        part = table.filter(pl.col("comparison") == comparison)
+        share = float(part["drifted"].mean()) if part.height else 0.0
+        out[comparison] = {
+            "drift_share": share,
+            "drifted": part.filter("drifted")["feature"].to_list(),
+            "status": level(share, cfg.warn_share, cfg.dataset_drift_share),
+        }
+    return out
+
+
+COMPARISONS = ("previous_month", "model_reference", "year_earlier")
+
+
+def month_status(summary: dict[str, dict], *, in_warmup: bool) -> tuple[str, str]:
+    """The month's drift status and why, from :func:`drift_status` per comparison.
+
+    ``alert`` needs dataset drift against the previous month that is not seasonal: when the
+    snapshot of the same month a year earlier exists, the month must be drifted against it too
+    (a December-to-January drop that also happened last year is the season, not drift). Months in
+    the warm-up never alert. ``warn`` when any comparison warns or alerts.
+    """
+    prev = summary.get("previous_month", {}).get("status", OK)
+    year = summary.get("year_earlier")
+    if prev == ALERT and not in_warmup and (year is None or year["status"] == ALERT):
+        why = "dataset drift against the previous month" + (
+            " and the same month a year earlier" if year is not None else " (no year-earlier snapshot)")
+        return ALERT, why
+    worst_seen = max((s["status"] for s in summary.values()), key=[OK, WARN, ALERT].index, default=OK)
+    if worst_seen == OK:
+        return OK, "no comparison reached drift.warn_share"
+    if prev == ALERT and in_warmup:
+        return WARN, "dataset drift against the previous month, in the warm-up (drift.warmup_months)"
+    if prev == ALERT:
+        return WARN, "dataset drift against the previous month, also seen a year earlier (seasonal)"
+    parts = [f"{c} {s['status']}" for c, s in summary.items() if s["status"] != OK]
+    return WARN, ", ".join(parts)
+
+
+SEGMENT_SHIFT_SCHEMA: dict[str, pl.DataType] = {
+    "snapshot_month": pl.Date(), "scheme": pl.String(), "segment": pl.String(), "customers": pl.Int64(),
+    "share": pl.Float64(), "share_previous": pl.Float64(), "share_reference": pl.Float64(),
+    "change_previous": pl.Float64(), "change_reference": pl.Float64(),
+}
+SEGMENT_SHIFT_DESCRIPTIONS = {
+    "scheme": "Segmentation scheme.", "segment": "Segment.", "customers": "Customers in the segment this month.",
+    "share": "Share of customers this month.", "share_previous": "Share in the previous month (0 if absent).",
+    "share_reference": "Share in the model's reference month (0 if absent).",
+    "change_previous": "share - share_previous.", "change_reference": "share - share_reference.",
+}
+
+
+def segment_shares(membership: pl.DataFrame) -> pl.DataFrame:
+    """``(scheme, segment, customers, share)`` of every scheme."""
+    parts = [
+        membership.group_by(pl.col(col).fill_null(MISSING).alias("segment")).agg(pl.len().cast(pl.Int64).alias("customers"))
+        .with_columns(pl.lit(scheme).alias("scheme"), (pl.col("customers") / membership.height).alias("share"))
+        for scheme, col in SCHEMES.items()
+    ]
+    return pl.concat(parts).select("scheme", "segment", "customers", "share") if parts else pl.DataFrame()
+
+
+def segment_shift(current: pl.DataFrame, previous: pl.DataFrame | None, reference: pl.DataFrame | None) -> pl.DataFrame:
+    """Segment shares now, in the previous month and in the reference month, per scheme."""
+    now = segment_shares(current)
+    out = now
+    for name, frame in (("share_previous", previous), ("share_reference", reference)):
+        if frame is None or frame.height == 0:
+            out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(name))
+            continue
+        other = segment_shares(frame).select("scheme", "segment", pl.col("share").alias(name))
+        out = out.join(other, on=["scheme", "segment"], how="full", coalesce=True)
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    out = out.with_columns(
+        pl.col("customers").fill_null(0), pl.col("share").fill_null(0.0),
+        *(pl.col(c).fill_null(0.0) for c in ("share_previous", "share_reference")
+          if out[c].null_count() < out.height),
+    )
+    return (
+        out.with_columns(
+            (pl.col("share") - pl.col("share_previous")).alias("change_previous"),
+            (pl.col("share") - pl.col("share_reference")).alias("change_reference"),
+            pl.lit(current["snapshot_month"].first() if current.height else None, dtype=pl.Date).alias("snapshot_month"),
+            pl.col("scheme").replace_strict(order, return_dtype=pl.Int32).alias("__o"),
+        )
+        .sort("__o", pl.col("share").neg(), "segment").select(list(SEGMENT_SHIFT_SCHEMA)).cast(SEGMENT_SHIFT_SCHEMA)
+    )
+
+
+def shift_psi(shift: pl.DataFrame, against: str) -> dict[str, float | None]:
+    """PSI over segment shares per scheme, against ``share_previous`` or ``share_reference``
+    (None when there is no such month)."""
+    out: dict[str, float | None] = {}
+    for scheme in SCHEMES:
+        part = shift.filter(pl.col("scheme") == scheme)
+        if part.height == 0 or part[against].null_count() == part.height:
+            out[scheme] = None
+            continue
+        out[scheme] = psi(part[against].fill_null(0.0).to_numpy(), part["share"].to_numpy())
+    return out
+
+
+MIGRATION_SCHEMA: dict[str, pl.DataType] = {
+    "snapshot_month": pl.Date(), "scheme": pl.String(), "from_segment": pl.String(), "to_segment": pl.String(),
+    "customers": pl.Int64(), "row_share": pl.Float64(),
+}
+MIGRATION_DESCRIPTIONS = {
+    "scheme": "Segmentation scheme.",
+    "from_segment": f"Segment in the previous month ({ENTERED} = not a customer then).",
+    "to_segment": f"Segment this month ({EXITED} = no longer in the snapshot).",
+    "customers": "Customers moving from from_segment to to_segment.",
+    "row_share": "customers / all customers of from_segment (rows sum to 1).",
+}
+
+
+def migration_matrix(previous: pl.DataFrame | None, current: pl.DataFrame) -> pl.DataFrame:
+    """From-segment x to-segment counts and row shares of every scheme between two months."""
+    month = current["snapshot_month"].first() if current.height else None
+    prev = previous if previous is not None else current.clear()
+    parts = []
+    for scheme, col in SCHEMES.items():
+        joined = prev.select("customer_id", pl.col(col).fill_null(MISSING).alias("from_segment")).join(
+            current.select("customer_id", pl.col(col).fill_null(MISSING).alias("to_segment")),
+            on="customer_id", how="full", coalesce=True,
+        ).with_columns(pl.col("from_segment").fill_null(ENTERED), pl.col("to_segment").fill_null(EXITED))
+        counts = joined.group_by("from_segment", "to_segment").agg(pl.len().cast(pl.Int64).alias("customers"))
+        parts.append(counts.with_columns(
+            pl.lit(scheme).alias("scheme"),
+            (pl.col("customers") / pl.col("customers").sum().over("from_segment")).alias("row_share"),
+        ))
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    return (
+        pl.concat(parts)
+        .with_columns(pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
+                      pl.col("scheme").replace_strict(order, return_dtype=pl.Int32).alias("__o"))
+        .sort("__o", "from_segment", "to_segment").select(list(MIGRATION_SCHEMA)).cast(MIGRATION_SCHEMA)
+    )
+
+
+def stay_rates(matrix: pl.DataFrame) -> dict[str, float | None]:
+    """Per scheme, the share of customers present in both months who kept their segment."""
+    out: dict[str, float | None] = {}
+    for scheme in SCHEMES:
+        both = matrix.filter((pl.col("scheme") == scheme) & (pl.col("from_segment") != ENTERED)
+                             & (pl.col("to_segment") != EXITED))
+        total = int(both["customers"].sum())
+        out[scheme] = (int(both.filter(pl.col("from_segment") == pl.col("to_segment"))["customers"].sum()) / total
+                       if total else None)
+    return out
+
+
+CENTROID_SHIFT_SCHEMA: dict[str, pl.DataType] = {
+    "snapshot_month": pl.Date(), "cluster_id": pl.String(), "cluster_name": pl.String(), "fitted_on": pl.Date(),
+    "customers": pl.Int64(), "share": pl.Float64(), "model_share": pl.Float64(), "shift": pl.Float64(),
+    "level": pl.String(),
+}
+CENTROID_SHIFT_DESCRIPTIONS = {
+    "cluster_id": "Stable cluster id ((all) = every known customer against the model's weighted centroid).",
+    "cluster_name": "Cluster name.", "fitted_on": "Snapshot month the model was fitted on.",
+    "customers": "Known customers assigned to the cluster this month.", "share": "Their share of known customers.",
+    "model_share": "The cluster's share when the model was fitted.",
+    "shift": "Euclidean distance of this month's cluster mean from the model centroid, in scaled units.",
+    "level": "ok / warn / alert by drift.centroid_warn and drift.centroid_alert.",
+}
+
+
+def centroid_shift(features: pl.DataFrame, model: ClusterModel, cfg: DriftConfig) -> pl.DataFrame:
+    """Distance of each cluster's mean this month from the model's centroid (scaled units), and of
+    the whole population's mean from the model's size-weighted centroid."""
+    m = model.frame
+    month = features["snapshot_month"].first() if features.height else None
+    known = clusterable(features)
+    if m.height == 0 or known.height == 0:
+        return pl.DataFrame(schema=CENTROID_SHIFT_SCHEMA)
+    ids, _ = model.assign(known)
+    x = model.scaled(known)
+    cent = model.centroids()
+    rows = []
+    for j, cid in enumerate(m["cluster_id"].to_list()):
+        mask = (ids == cid).to_numpy()
+        shift = float(np.linalg.norm(x[mask].mean(axis=0) - cent[j])) if mask.any() else float("nan")
+        rows.append({"cluster_id": cid, "cluster_name": m["cluster_name"][j], "customers": int(mask.sum()),
+                     "share": float(mask.mean()), "model_share": float(m["size_share"][j]), "shift": shift})
+    weights = m["size_share"].to_numpy()
+    pop = float(np.linalg.norm(x.mean(axis=0) - (weights[:, None] * cent).sum(axis=0) / max(weights.sum(), 1e-12)))
+    rows.append({"cluster_id": "(all)", "cluster_name": "All known customers", "customers": known.height,
+                 "share": 1.0, "model_share": 1.0, "shift": pop})
+    return pl.DataFrame(rows).with_columns(
+        pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
+        pl.lit(m["fitted_on"][0], dtype=pl.Date).alias("fitted_on"),
+        pl.col("shift").map_elements(lambda v: level(v, cfg.centroid_warn, cfg.centroid_alert),
+                                     return_dtype=pl.String).alias("level"),
+    ).select(list(CENTROID_SHIFT_SCHEMA)).cast(CENTROID_SHIFT_SCHEMA)

@@ -86,7 +86,8 @@ ARCHETYPE_SHARES: dict[str, float] = {
     "email_only": 0.10,
     "casual": 0.08,
 }
-DRIFT_MONTH_INDEX = 18   # bargain hunters stop ordering from this month on
+DRIFT_MONTH_INDEX = 18   # price rise: bargain hunters stop ordering, everyone else orders less
+DRIFT_ORDER_FACTOR = 0.25  # other archetypes' order rate from the drift month on
 COHORT_MONTH_INDEX = 19  # mobile_app_newcomers arrive in this month
 COHORT_ARCHETYPE = "mobile_app_newcomers"
 COHORT_SHARE = 0.06      # of `customers`, extra
@@ -630,7 +631,8 @@ def _gen_orders(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
     season = np.where(pop.arch == SEASONAL, SEASONAL_ORDER_MOY.get(moy, 0.04), ORDER_MOY[moy])
     rate *= season
     if m >= DRIFT_MONTH_INDEX:
-        rate[pop.arch == BARGAIN] = 0.0  # the discount programme ended
+        rate *= DRIFT_ORDER_FACTOR  # a price rise: everyone orders less often
+        rate[pop.arch == BARGAIN] = 0.0  # and the discount programme ended
     n = rng.poisson(rate)
     cust = np.repeat(np.arange(pop.n), n)
     k = len(cust)
@@ -1117,7 +1119,7 @@ def generate_sample(out_dir: str | Path, *, customers: int = 20_000, months: int
     Customers of planted archetypes (see ``ARCHETYPE_SHARES``) produce orders,
     app events, email engagement and web page views, written month by month as
     the raw files of four sources.  A drift event happens at month index 18
-    (bargain hunters stop ordering) and a new cohort of ``mobile_app_newcomers``
+    (a price rise: bargain hunters stop ordering, everyone else orders a quarter as often) and a new cohort of ``mobile_app_newcomers``
     (6 % of ``customers``, extra) arrives at month index 19.  About
     ``bad_row_share`` of the rows of every source are bad rows of documented
     kinds.  The layout is described in ``docs/sample-data.md``.
@@ -1264,9 +1266,11 @@ def generate_sample(out_dir: str | Path, *, customers: int = 20_000, months: int
             "applied": months > DRIFT_MONTH_INDEX,
             "month_index": DRIFT_MONTH_INDEX,
             "month": drift_label,
-            "description": ("bargain_hunters stop ordering entirely from this month on "
-                            "(the discount programme ended); their email and web activity "
-                            "continues"),
+            "description": ("a price rise: bargain_hunters stop ordering entirely from this "
+                            "month on (the discount programme ended) and every other archetype "
+                            f"orders at {DRIFT_ORDER_FACTOR:.0%} of its former rate; email, app "
+                            "and web activity continue"),
+            "order_rate_factor": DRIFT_ORDER_FACTOR,
             "new_cohort": {
                 "applied": months > COHORT_MONTH_INDEX,
                 "archetype": COHORT_ARCHETYPE,

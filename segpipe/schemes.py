@@ -25,21 +25,57 @@ def quintile_score(values: pl.Expr, *, higher_is_better: bool = True) -> pl.Expr
     return (1 + ((v.rank("min") - 1) * 5 / n).floor()).clip(1, 5).cast(pl.Int8)
 
 
-def score_rfm(features: pl.DataFrame, cfg: RfmConfig) -> pl.DataFrame:
+#: Score dimension -> (input column attribute of RfmConfig, higher is better).
+RFM_DIMENSIONS = {"r": ("recency", False), "f": ("frequency", True), "m": ("monetary", True)}
+#: Thresholds per dimension: the smallest oriented value (recency negated) scoring 2, 3, 4 and 5
+#: (NaN when no buyer reaches the score).
+RfmThresholds = dict[str, list[float]]
+
+
+def _rfm_inputs(features: pl.DataFrame, cfg: RfmConfig) -> pl.DataFrame:
+    buyers = pl.col(cfg.frequency) > 0
+    return features.select(
+        "customer_id",
+        *(pl.when(buyers).then(pl.col(getattr(cfg, attr))).alias(f"__{d}") for d, (attr, _) in RFM_DIMENSIONS.items()),
+    )
+
+
+def rfm_thresholds(features: pl.DataFrame, cfg: RfmConfig) -> RfmThresholds:
+    """The quintile boundaries of this snapshot's buyers, to score later snapshots with (the
+    quarterly refit fixes them, so that scores and segment shares can drift between refits)."""
+    inputs = _rfm_inputs(features, cfg)
+    out: RfmThresholds = {}
+    for d, (_, higher) in RFM_DIMENSIONS.items():
+        v = pl.col(f"__{d}").cast(pl.Float64) * (1 if higher else -1)
+        scored = inputs.select(v.alias("v"), quintile_score(pl.col(f"__{d}"), higher_is_better=higher).alias("s"))
+        out[d] = [float(scored.filter(pl.col("s") >= s)["v"].min() if scored.filter(pl.col("s") >= s).height
+                        else float("nan")) for s in range(2, 6)]
+    return out
+
+
+def threshold_score(values: pl.Expr, thresholds: list[float], *, higher_is_better: bool = True) -> pl.Expr:
+    """Score 1..5: one plus the number of thresholds the (oriented) value reaches. On the snapshot
+    the thresholds came from this equals :func:`quintile_score`, ties included."""
+    v = values.cast(pl.Float64) * (1 if higher_is_better else -1)
+    score = pl.lit(1, dtype=pl.Int8)
+    for t in thresholds:
+        if t == t:  # not NaN
+            score = score + (v >= t).cast(pl.Int8)
+    return pl.when(values.is_not_null()).then(score).cast(pl.Int8)
+
+
+def score_rfm(features: pl.DataFrame, cfg: RfmConfig, thresholds: RfmThresholds | None = None) -> pl.DataFrame:
     """R, F and M scores over buyers and the RFM segment (first matching rule of the map).
 
-    Customers who never ordered get ``cfg.no_purchase_label`` and null scores.
+    Scores are quintiles of this snapshot's buyers, or, with ``thresholds`` (from
+    :func:`rfm_thresholds` on the model's snapshot), fixed boundaries. Customers who never ordered
+    get ``cfg.no_purchase_label`` and null scores.
     """
-    buyers = pl.col(cfg.frequency) > 0
-    scored = features.select(
-        "customer_id",
-        pl.when(buyers).then(pl.col(cfg.recency)).alias("__r"),
-        pl.when(buyers).then(pl.col(cfg.frequency)).alias("__f"),
-        pl.when(buyers).then(pl.col(cfg.monetary)).alias("__m"),
-    ).with_columns(
-        quintile_score(pl.col("__r"), higher_is_better=False).alias("r_score"),
-        quintile_score(pl.col("__f")).alias("f_score"),
-        quintile_score(pl.col("__m")).alias("m_score"),
+    inputs = _rfm_inputs(features, cfg)
+    scored = inputs.with_columns(
+        (threshold_score(pl.col(f"__{d}"), thresholds[d], higher_is_better=higher) if thresholds
+         else quintile_score(pl.col(f"__{d}"), higher_is_better=higher)).alias(f"{d}_score")
+        for d, (_, higher) in RFM_DIMENSIONS.items()
     )
     label = pl.when(pl.col("r_score").is_null()).then(pl.lit(cfg.no_purchase_label))
     for rule in cfg.segment_map:

@@ -12,7 +12,7 @@ import polars as pl
 
 from segpipe.clustering import ANONYMOUS_ID, ANONYMOUS_NAME, ClusterModel
 from segpipe.config import SCHEME_NAMES, ConfigError, SegmentsConfig
-from segpipe.schemes import lifecycle_stage, rule_segments, score_rfm
+from segpipe.schemes import RFM_DIMENSIONS, RfmThresholds, lifecycle_stage, rfm_thresholds, rule_segments, score_rfm
 
 SCHEMES: dict[str, str] = {
     "rfm": "rfm_segment", "rules": "rule_segment", "lifecycle": "lifecycle_stage", "cluster": "cluster_name",
@@ -50,14 +50,26 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
 NO_ACTION = "(no playbook action configured)"
 
 
-def check_clustering_features(schema: dict, columns: list[str]) -> None:
-    """Raise ConfigError naming ``segments.clustering.features`` when a column is unknown or not numeric."""
+def _check_numeric(schema: dict, columns: list[str], where: str) -> None:
     missing = [c for c in columns if c not in schema]
     if missing:
-        raise ConfigError(f"segments.clustering.features: unknown feature column(s) {missing}")
+        raise ConfigError(f"{where}: unknown feature column(s) {missing}")
     bad = [c for c in columns if not schema[c].is_numeric()]
     if bad:
-        raise ConfigError(f"segments.clustering.features: column(s) {bad} are not numeric")
+        raise ConfigError(f"{where}: column(s) {bad} are not numeric")
+
+
+def check_clustering_features(schema: dict, columns: list[str]) -> None:
+    """Raise ConfigError naming ``segments.clustering.features`` when a column is unknown or not numeric."""
+    _check_numeric(schema, columns, "segments.clustering.features")
+
+
+def check_drift_features(schema: dict, numeric: list[str], categorical: list[str]) -> None:
+    """Raise ConfigError naming ``drift.features`` / ``drift.categorical`` for unknown columns."""
+    _check_numeric(schema, numeric, "drift.features")
+    missing = [c for c in categorical if c not in schema]
+    if missing:
+        raise ConfigError(f"drift.categorical: unknown feature column(s) {missing}")
 
 
 def clusterable(features: pl.DataFrame) -> pl.DataFrame:
@@ -83,12 +95,32 @@ def assign_clusters(features: pl.DataFrame, model: ClusterModel | None) -> pl.Da
     return pl.concat([rest, anon]).sort("customer_id")
 
 
+def with_rfm_thresholds(model: ClusterModel, features: pl.DataFrame, cfg: SegmentsConfig) -> ClusterModel:
+    """The model with the RFM score thresholds of ``features`` (the snapshot it is fitted on)."""
+    t = rfm_thresholds(features, cfg.rfm)
+    flat = [v for d in RFM_DIMENSIONS for v in t[d]]
+    return ClusterModel(model.frame.with_columns(pl.lit(flat, dtype=pl.List(pl.Float64)).alias("rfm_thresholds")),
+                        model.k_scores)
+
+
+def model_rfm_thresholds(model: ClusterModel | None) -> RfmThresholds | None:
+    """The RFM thresholds stored with ``model`` (None: score by this snapshot's quintiles)."""
+    if model is None or model.frame.height == 0 or "rfm_thresholds" not in model.frame.columns:
+        return None
+    flat = model.frame["rfm_thresholds"][0]
+    if flat is None or len(flat) != 4 * len(RFM_DIMENSIONS):
+        return None
+    flat = list(flat)
+    return {d: flat[4 * i: 4 * i + 4] for i, d in enumerate(RFM_DIMENSIONS)}
+
+
 def build_membership(features: pl.DataFrame, model: ClusterModel | None, cfg: SegmentsConfig) -> pl.DataFrame:
-    """One row per customer with every scheme's label and reason."""
+    """One row per customer with every scheme's label and reason. RFM scores use the thresholds
+    fitted with the model when it has them, else this snapshot's quintiles."""
     features = features.sort("customer_id")
     out = (
         features.select("customer_id", "snapshot_month", "identity")
-        .join(score_rfm(features, cfg.rfm), on="customer_id", how="left", maintain_order="left")
+        .join(score_rfm(features, cfg.rfm, model_rfm_thresholds(model)), on="customer_id", how="left", maintain_order="left")
         .join(rule_segments(features, cfg.rules, default=cfg.rules_default), on="customer_id", how="left", maintain_order="left")
         .join(lifecycle_stage(features, cfg.lifecycle), on="customer_id", how="left", maintain_order="left")
         .join(assign_clusters(features, model), on="customer_id", how="left", maintain_order="left")

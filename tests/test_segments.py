@@ -168,3 +168,26 @@ def test_membership_profiles_outcomes_and_export():
     assert build_outcomes(mem, None, churned_after_days=180).height == 0
     exp = activation_export(mem, "rfm", {"Champions": "VIP offer"})
     assert exp.columns == ["customer_id", "segment", "action"] and exp.height == 6
+
+
+def test_rfm_thresholds_reproduce_quintiles_and_then_stay_fixed():
+    """The quarterly refit stores the quintile boundaries; on the fitted snapshot they give the same
+    scores (ties included), a month later they score against the old boundaries."""
+    from segpipe.schemes import rfm_thresholds
+
+    feats = pl.DataFrame({
+        "customer_id": [f"c{i}" for i in range(11)],
+        "recency_days": [1.0, 2.0, 2.0, 2.0, 9.0, 30.0, 31.0, 60.0, 90.0, 200.0, None],
+        "orders_lifetime": [9, 1, 1, 1, 2, 3, 3, 4, 6, 1, 0],
+        "revenue_lifetime": [90.0, 5.0, 5.0, 6.0, 20.0, 30.0, 31.0, 40.0, 60.0, 7.0, 0.0],
+    })
+    cfg = RfmConfig()
+    t = rfm_thresholds(feats, cfg)
+    assert score_rfm(feats, cfg, t).equals(score_rfm(feats, cfg))
+    # R on negated days over the 10 buyers: score = 1 + floor(5 * (rank_min - 1) / 10), the three
+    # tied 2.0 share rank 7 (score 4), so the smallest values scoring 2..5 are -60, -30, -2, -1
+    assert t["r"] == [-60.0, -30.0, -2.0, -1.0]
+    later = feats.with_columns(pl.col("recency_days") + 30)  # nobody ordered for a month
+    fixed = score_rfm(later, cfg, t)
+    assert fixed["r_score"].drop_nulls().to_list() == [2, 2, 2, 2, 2, 2, 1, 1, 1, 1]  # -31..-60 reach only -60
+    assert score_rfm(later, cfg)["r_score"].drop_nulls().max() == 5  # re-ranked quintiles hide the lapse
