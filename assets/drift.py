@@ -95,9 +95,9 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         check_specs=[dg.AssetCheckSpec(
             FEATURE_DRIFT_CHECK, asset="feature_drift", blocking=False,
             description="ERROR at dataset drift (drift.dataset_drift_share of the watched features drifted) "
-                        "against the previous month that is not seasonal (also drifted against the same month a "
-                        "year earlier, when there is one) after drift.warmup_months; WARN when drift.warn_share "
-                        "drifted against any reference. Never blocks: an alert makes the drift sensor request "
+                        "against the previous month that is not seasonal (the same change a year earlier did not "
+                        "drift) after drift.warmup_months; WARN when drift.warn_share drifted against the previous "
+                        "month or the model's reference. Never blocks: an alert makes the drift sensor request "
                         "a refit.")],
     )
     def feature_drift_asset(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
@@ -112,13 +112,15 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             cur = require(features_history, pk, "customer_features").collect()
             model = _model(segment_model, pk)
             year_key = month_key(next_month(month_start(pk), -12))
-            refs = {"previous_month": _prev_key(pk), "model_reference": _fitted_key(model), "year_earlier": year_key}
+            pairs = {"previous_month": (pk, _prev_key(pk)), "model_reference": (pk, _fitted_key(model)),
+                     "last_year_change": (year_key, _prev_key(year_key))}
             parts = []
-            for comparison, rk in refs.items():
-                if rk is None or rk not in features_history:
+            for comparison, (ck, rk) in pairs.items():
+                if rk is None or rk not in features_history or ck not in features_history:
                     continue
+                current = cur if ck == pk else features_history[ck].collect()
                 ref = cur if rk == pk else features_history[rk].collect()
-                parts.append(feature_drift(cur, ref, numeric, categorical, cfg.drift).with_columns(
+                parts.append(feature_drift(current, ref, numeric, categorical, cfg.drift).with_columns(
                     pl.lit(month_start(pk).date()).alias("snapshot_month"), pl.lit(comparison).alias("comparison"),
                     pl.lit(month_start(rk).date()).alias("reference_month")))
             table = (pl.concat(parts) if parts else pl.DataFrame(schema=FEATURE_DRIFT_SCHEMA)).select(
@@ -131,14 +133,14 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             detail[pk] = f"{why}; " + "; ".join(
                 f"{c}: {s['drift_share']:.0%} drifted {s['drifted']}" for c, s in summary.items())
             prev_s, ref_s = summary.get("previous_month", {}), summary.get("model_reference", {})
-            year_s = summary.get("year_earlier", {})
+            year_s = summary.get("last_year_change", {})
             context.add_asset_metadata(
                 {
                     "dagster/row_count": table.height,
                     "status": status,
                     "drift_share_previous": float(prev_s.get("drift_share", 0.0)),
                     "drift_share_reference": float(ref_s.get("drift_share", 0.0)),
-                    "drift_share_year_earlier": float(year_s.get("drift_share", 0.0)),
+                    "drift_share_last_year_change": float(year_s.get("drift_share", 0.0)),
                     "reason": why,
                     "dataset_drift": status == ALERT,
                     REFIT_NEEDED: status == ALERT and _fitted_key(model) != pk,

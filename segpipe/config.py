@@ -282,9 +282,9 @@ class SegmentsConfig(_Model):
 
 
 #: Current behavior (30-day windows and recency): what moves first when customers change.
-DEFAULT_DRIFT_FEATURES = ["recency_days", "orders_30d", "revenue_30d", "active_days_30d", "app_days_30d",
-                          "product_views_30d", "email_open_rate_30d"]
-DEFAULT_DRIFT_CATEGORICAL = ["usage_tier", "preferred_channel"]
+DEFAULT_DRIFT_FEATURES = ["recency_days", "orders_30d", "revenue_30d", "orders_90d", "active_days_30d",
+                          "app_days_30d", "product_views_30d", "email_open_rate_30d"]
+DEFAULT_DRIFT_CATEGORICAL = ["usage_tier"]
 
 
 class DriftConfig(_Model):
@@ -307,9 +307,10 @@ class DriftConfig(_Model):
     warn_share: float = Field(default=0.25, gt=0, le=1, description="Drifted share of features that warns.")
     dataset_drift_share: float = Field(default=0.5, gt=0, le=1,
                                        description="Drifted share of features that declares dataset drift (alert).")
-    warmup_months: int = Field(default=12, ge=0,
-                               description="Months after first_month that report drift but never alert (windows "
-                                           "still filling, no year-earlier snapshot to tell season from drift).")
+    warmup_months: int = Field(default=13, ge=0,
+                               description="Months after first_month that report drift but never alert: until the "
+                                           "history holds the same month-to-month change a year earlier, season "
+                                           "cannot be told from drift.")
     centroid_warn: float = Field(default=0.5, gt=0, description="Cluster mean shift (scaled units) that warns.")
     centroid_alert: float = Field(default=1.0, gt=0, description="Cluster mean shift (scaled units) that alerts.")
 

@@ -143,8 +143,8 @@ FEATURE_DRIFT_SCHEMA: dict[str, pl.DataType] = {
     "reference_rows": pl.Int64(), "current_rows": pl.Int64(),
 }
 FEATURE_DRIFT_DESCRIPTIONS = {
-    "comparison": "Reference compared with: previous_month, model_reference (the snapshot the model was fitted on) "
-                  "or year_earlier (the same month a year before, to tell season from drift).",
+    "comparison": "previous_month or model_reference (the snapshot the model was fitted on) against this snapshot; "
+                  "last_year_change: the same month a year earlier against the month before it (season check).",
     "reference_month": "Snapshot month of the reference.", "feature": "Feature compared.",
     "kind": "numeric or categorical.", "psi": "Population stability index on the reference's quantile bins (categories for categorical).",
     "psi_band": "ok / warn / alert by drift.psi_warn and drift.psi_alert (only when significant).",
@@ -205,32 +205,27 @@ def drift_status(table: pl.DataFrame, cfg: DriftConfig) -> dict[str, dict]:
     return out
 
 
-COMPARISONS = ("previous_month", "model_reference", "year_earlier")
+COMPARISONS = ("previous_month", "model_reference", "last_year_change")
 
 
 def month_status(summary: dict[str, dict], *, in_warmup: bool) -> tuple[str, str]:
     """The month's drift status and why, from :func:`drift_status` per comparison.
 
-    ``alert`` needs dataset drift against the previous month that is not seasonal: when the
-    snapshot of the same month a year earlier exists, the month must be drifted against it too
-    (a December-to-January drop that also happened last year is the season, not drift). Months in
-    the warm-up never alert. ``warn`` when any comparison warns or alerts.
+    ``alert`` needs dataset drift against the previous month that is not seasonal: the same
+    month-to-month change a year earlier (``last_year_change``: that month against the month before
+    it) must not have been dataset drift too (a December-to-January drop that also happened last
+    year is the season). Months in the warm-up, where that change is not in the history yet, never
+    alert. ``warn`` when any comparison warns or alerts.
     """
     prev = summary.get("previous_month", {}).get("status", OK)
-    year = summary.get("year_earlier")
-    if prev == ALERT and not in_warmup and (year is None or year["status"] == ALERT):
-        why = "dataset drift against the previous month" + (
-            " and the same month a year earlier" if year is not None else " (no year-earlier snapshot)")
-        return ALERT, why
-    worst_seen = max((s["status"] for s in summary.values()), key=[OK, WARN, ALERT].index, default=OK)
-    if worst_seen == OK:
-        return OK, "no comparison reached drift.warn_share"
-    if prev == ALERT and in_warmup:
-        return WARN, "dataset drift against the previous month, in the warm-up (drift.warmup_months)"
+    seasonal = summary.get("last_year_change", {}).get("status") == ALERT
+    if prev == ALERT and not in_warmup and not seasonal:
+        return ALERT, "dataset drift against the previous month, not seen in the same change a year earlier"
     if prev == ALERT:
-        return WARN, "dataset drift against the previous month, also seen a year earlier (seasonal)"
-    parts = [f"{c} {s['status']}" for c, s in summary.items() if s["status"] != OK]
-    return WARN, ", ".join(parts)
+        return WARN, ("dataset drift against the previous month in the warm-up (drift.warmup_months)" if in_warmup
+                      else "dataset drift against the previous month, seasonal: the same change a year earlier drifted too")
+    parts = [f"{c} {s['status']}" for c, s in summary.items() if s["status"] != OK and c != "last_year_change"]
+    return (WARN, ", ".join(parts)) if parts else (OK, "no comparison reached drift.warn_share")
 
 
 SEGMENT_SHIFT_SCHEMA: dict[str, pl.DataType] = {

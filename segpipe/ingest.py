@@ -149,7 +149,8 @@ def _is_date_shaped(s: pl.Expr) -> pl.Expr:
     return s.str.contains(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def _text_time(s: pl.Expr, tz: str) -> pl.Expr:
+def text_time(s: pl.Expr, tz: str) -> pl.Expr:
+    """Parse time text in any accepted format (explicit offsets win; naive times are in ``tz``) to UTC."""
     aware = [s.str.to_datetime(f, strict=False, time_unit="us", time_zone="UTC") for f in _TIME_FORMATS_AWARE]
     naive = [
         s.str.to_datetime(f, strict=False, time_unit="us")
@@ -189,7 +190,7 @@ def _parse_time(col: pl.Expr, dtype: pl.DataType, tz: str, epoch_numbers: bool |
     numbers_win = pl.lit(True if epoch_numbers is None else epoch_numbers)
     if dtype.is_numeric():
         return pl.when(numbers_win).then(epoch)
-    text = _text_time(s, tz)
+    text = text_time(s, tz)
     if epoch_numbers is None:  # decide from this file alone
         numbers_win = _is_epoch_shaped(s).sum() >= _is_date_shaped(s).sum()
     # A bare number is an epoch time unless most of the source's times are date strings.

@@ -15,6 +15,7 @@ import re
 import polars as pl
 
 from segpipe.config import SegpipeConfig
+from segpipe.ingest import text_time
 from segpipe.readers import SourceError, list_source_files, read_source_file
 
 MONTH_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_]?(0[1-9]|1[0-2])(?!\d)")
@@ -45,7 +46,8 @@ def changed(previous: dict[str, dict], current: dict[str, dict]) -> list[str]:
 
 def file_months(config: SegpipeConfig, source: str, path: str) -> list[str]:
     """Partition keys (``YYYY-MM-01``) of the months the file holds: the ``YYYY-MM`` in its name,
-    else the months of the event times it contains (parsed as ISO text; unparseable ones ignored)."""
+    else the months of the event times it contains (text in the formats ingestion accepts;
+    unparseable ones ignored)."""
     m = MONTH_IN_NAME.search(os.path.basename(path))
     if m:
         return [f"{m.group(1)}-{m.group(2)}-01"]
@@ -54,7 +56,7 @@ def file_months(config: SegpipeConfig, source: str, path: str) -> list[str]:
     raw = read_source_file(path, fmt=cfg.format, columns=[col], source=source, separator=cfg.csv_separator)
     times = raw.frame[col]
     if times.dtype == pl.String:
-        times = times.str.to_datetime(strict=False, time_zone="UTC")
+        times = raw.frame.select(text_time(pl.col(col).str.strip_chars(), cfg.timezone)).to_series()
     if not isinstance(times.dtype, pl.Datetime | pl.Date):
         return []
     first = config.first_month_start.date()
