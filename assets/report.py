@@ -12,7 +12,13 @@ from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.lake import asset_path
 from segpipe.locks import write_partition_file
-from segpipe.report import build_segment_report, chart_count, outcome_section, profile_column_descriptions
+from segpipe.report import (
+    build_segment_report,
+    chart_count,
+    drift_section,
+    outcome_section,
+    profile_column_descriptions,
+)
 from segpipe.segments import PROFILE_SCHEMA, SCHEMES
 from segpipe.timeutil import month_key, month_start, next_month
 
@@ -38,6 +44,7 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "segment_profiles": dg.AssetIn("segment_profiles", partition_mapping=HISTORY_TO_DATE),
             "segment_membership": dg.AssetIn("segment_membership", partition_mapping=PREVIOUS_AND_THIS_MONTH),
             "previous_outcomes": dg.AssetIn("segment_outcomes", partition_mapping=PREVIOUS_MONTH),
+            "feature_drift": dg.AssetIn("feature_drift"),
         },
         partitions_def=monthly,
         group_name="exports",
@@ -52,11 +59,13 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     def segment_report(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
                        segment_profiles: dict[str, pl.LazyFrame],
                        segment_membership: dict[str, pl.LazyFrame],
-                       previous_outcomes: dict[str, pl.LazyFrame]) -> dg.MaterializeResult:
+                       previous_outcomes: dict[str, pl.LazyFrame],
+                       feature_drift: dict[str, pl.LazyFrame]) -> dg.MaterializeResult:
         """Static HTML report of the month, one page that works offline: segment sizes over time and
         migration from the previous month per scheme, profiles and playbook (the columns below), and
         how last month's segments behaved this month (outcome lift)."""
         lake = segpipe.config().lake_path
+        dcfg = segpipe.config().drift
         history = {k: lf.collect() for k, lf in sorted(segment_profiles.items())}  # small: one row per segment
         for pk in partitions_of(context):
             prev = month_key(next_month(month_start(pk), -1))
@@ -67,8 +76,12 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 membership_prev=segment_membership[prev].collect() if prev in segment_membership else None,
                 membership_cur=require(segment_membership, pk, "segment_membership").collect(),
                 schemes=SCHEMES,
-                extra_sections=(outcome_section(previous_outcomes[prev].collect() if prev in previous_outcomes else None,
-                                                month=prev, schemes=list(SCHEMES)),),
+                extra_sections=(
+                    drift_section(feature_drift[pk].collect() if pk in feature_drift else None, month=pk,
+                                  psi_warn=dcfg.psi_warn, psi_alert=dcfg.psi_alert, distance=dcfg.wasserstein),
+                    outcome_section(previous_outcomes[prev].collect() if prev in previous_outcomes else None,
+                                    month=prev, schemes=list(SCHEMES)),
+                ),
             )
             path = report_path(lake, pk)
             stale = write_partition_file(lake, REPORT_ASSET, pk, path, lambda fh, page=page: fh.write(page.encode()))

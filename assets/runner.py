@@ -5,6 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.segments import REFIT_TAG
+
 from assets.build import build_definitions
 from schedules import REFRESH_JOB
 
@@ -22,9 +24,11 @@ def _progress_hooks(t0: float):
     return {ok, failed}
 
 
-def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: bool = True) -> bool:
+def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: bool = True,
+                 refit: bool = False) -> bool:
     """Materialize every asset for months ``first``..``last`` in one Dagster run (in dependency
-    order, each asset handling the whole range) on the project instance; True on success."""
+    order, each asset handling the whole range) on the project instance; True on success. With
+    ``refit`` the cluster model and RFM thresholds are refit on ``last``'s snapshot."""
     defs = build_definitions(config_file)
     t0 = time.perf_counter()
     job = dg.define_asset_job(
@@ -43,6 +47,7 @@ def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: 
                 "dagster/asset_partition_range_start": first,
                 "dagster/asset_partition_range_end": last,
                 "segpipe/launched_by": "segpipe run",
+                **({REFIT_TAG: "true"} if refit else {}),
             },
             raise_on_error=False,
         )
@@ -50,5 +55,7 @@ def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: 
               f"in {time.perf_counter() - t0:.1f}s (see it in the UI: make ui)")
         for check in result.get_asset_check_evaluations():
             if not check.passed:
-                print(f"  check FAILED: {check.asset_key.to_user_string()} {check.check_name}")
+                level = "FAILED" if check.severity == dg.AssetCheckSeverity.ERROR else "warns"
+                print(f"  check {level}: {check.asset_key.to_user_string()} {check.check_name} "
+                      f"{check.metadata['not_ok'].value if 'not_ok' in check.metadata else ''}")
     return result.success

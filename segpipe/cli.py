@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) 
           f"lake {config.lake_path}, instance {os.environ['DAGSTER_HOME']}")
     from assets.runner import run_pipeline
 
-    ok = run_pipeline(config_file, first, last)
+    ok = run_pipeline(config_file, first, last, refit=args.refit)
     if ok:
         print_summary(config, last)
     return 0 if ok else 1
@@ -199,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="materialize every asset for a month range through Dagster")
     r.add_argument("--from", dest="from_month", help="first month, YYYY-MM (default: first_month)")
     r.add_argument("--to", dest="to_month", help="last month, YYYY-MM (default: last complete month)")
+    r.add_argument("--refit", action="store_true",
+                   help="refit the cluster model and RFM thresholds on the --to month's snapshot")
     u = sub.add_parser("ui", help="start the Dagster webserver and daemon")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     u.add_argument("--port", type=int, default=3000)

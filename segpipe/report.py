@@ -392,6 +392,46 @@ def outcome_section(outcomes: pl.DataFrame | None, *, month: str,
     )
 
 
+def drift_section(drift: pl.DataFrame | None, *, month: str, psi_warn: float, psi_alert: float,
+                  distance: float, status: str = "", reason: str = "") -> Section | None:
+    """Feature drift of ``month``: PSI per watched feature against the previous month and the
+    model's reference snapshot, with the warn and alert bands as rules, and the table of every
+    statistic. None when there is no drift table (the first month)."""
+    if drift is None or drift.height == 0:
+        return None
+    _require(drift, ["comparison", "feature", "psi", "drifted"], "feature_drift")
+    shown = drift.filter(pl.col("comparison") != "last_year_change").with_columns(
+        pl.col("psi").fill_nan(None).fill_null(0.0).round(4),
+        pl.when(pl.col("drifted")).then(pl.lit("drifted")).otherwise(pl.lit("stable")).alias("state"))
+    bars = alt.Chart(shown, title="PSI per feature (bands: warn / alert)").mark_bar().encode(
+        x=alt.X("psi:Q", title="population stability index"),
+        y=alt.Y("feature:N", title=None),
+        yOffset="comparison:N",
+        color=alt.Color("comparison:N", title="against"),
+        opacity=alt.condition(alt.datum.state == "drifted", alt.value(1.0), alt.value(0.55)),
+        tooltip=["feature", "comparison", "psi", "wasserstein", "js", "p_value", "drifted"],
+    )
+    bands = alt.Chart(pl.DataFrame({"x": [psi_warn, psi_alert], "band": ["warn", "alert"]})).mark_rule(
+        strokeDash=[4, 3]).encode(x="x:Q", color=alt.value("#b45309"), tooltip=["band", "x"])
+    table = drift.select(
+        "comparison", pl.col("reference_month").cast(pl.String).str.slice(0, 7).alias("reference"), "feature", "kind",
+        pl.col("psi").round(3), "psi_band", pl.col("wasserstein").round(3), pl.col("js").round(3),
+        pl.col("p_value").round(4), "drifted",
+    )
+    head = f"Status: {status} ({reason}). " if status else ""
+    return Section(
+        key="drift",
+        title="Feature drift",
+        intro=(f"{head}How the watched features of {_month(month)} compare with the previous month and with the "
+               f"snapshot the cluster model was fitted on. A feature has drifted when its normalised Wasserstein "
+               f"(numeric) or Jensen-Shannon (categorical) distance reaches {distance} and the shift is "
+               f"significant; the dashed rules are the PSI bands {psi_warn} (warn) and {psi_alert} (alert)."),
+        charts=(alt.layer(bars, bands).properties(width=420),),
+        tables=(("Drift statistics per feature", table),),
+        fold_tables=True,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------

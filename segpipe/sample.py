@@ -88,6 +88,7 @@ ARCHETYPE_SHARES: dict[str, float] = {
 }
 DRIFT_MONTH_INDEX = 18   # price rise: bargain hunters stop ordering, everyone else orders less
 DRIFT_ORDER_FACTOR = 0.25  # other archetypes' order rate from the drift month on
+DRIFT_VIEW_FACTOR = 0.5    # everyone's page-view rate from the drift month on
 COHORT_MONTH_INDEX = 19  # mobile_app_newcomers arrive in this month
 COHORT_ARCHETYPE = "mobile_app_newcomers"
 COHORT_SHARE = 0.06      # of `customers`, extra
@@ -1016,6 +1017,8 @@ def _gen_web(rng, pop: _Population, cal: _Calendar, m: int, ctr: _Counters,
     rate = np.where(active, VIEW_RATE[pop.arch] * pop.web_mult * act, 0.0)
     seas = pop.arch == SEASONAL
     rate[seas] *= 5.0 if moy in (11, 12) else 0.6
+    if m >= DRIFT_MONTH_INDEX:
+        rate *= DRIFT_VIEW_FACTOR  # after the price rise, shoppers browse less too
     n = rng.poisson(rate)
     cust = np.repeat(np.arange(pop.n), n)
     k_started = (pop.cookie_start[cust] <= m).sum(axis=1)
@@ -1268,9 +1271,10 @@ def generate_sample(out_dir: str | Path, *, customers: int = 20_000, months: int
             "month": drift_label,
             "description": ("a price rise: bargain_hunters stop ordering entirely from this "
                             "month on (the discount programme ended) and every other archetype "
-                            f"orders at {DRIFT_ORDER_FACTOR:.0%} of its former rate; email, app "
-                            "and web activity continue"),
+                            f"orders at {DRIFT_ORDER_FACTOR:.0%} of its former rate; page views "
+                            f"fall to {DRIFT_VIEW_FACTOR:.0%}; email and app activity continue"),
             "order_rate_factor": DRIFT_ORDER_FACTOR,
+            "page_view_rate_factor": DRIFT_VIEW_FACTOR,
             "new_cohort": {
                 "applied": months > COHORT_MONTH_INDEX,
                 "archetype": COHORT_ARCHETYPE,

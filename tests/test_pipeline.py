@@ -34,17 +34,28 @@ def test_graph_snapshot_of_the_sample_config():
         "customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features",
         "segment_model", "segment_membership", "segment_profiles", "segment_outcomes",
         "segment_exports", "segment_report",
+        "feature_drift", "segment_shift", "segment_migration", "centroid_shift",
     ])
     checks = sorted(f"{c.asset_key.to_user_string()}:{c.name}" for c in graph.asset_check_keys)
-    assert checks == [f"{s}_ingested:rows_accounted" for s in ("email", "orders", "product", "web")]
-    assert [j.name for j in defs.jobs] == ["segpipe_refresh"]
-    assert [s.name for s in defs.schedules] == ["monthly_refresh"]
+    assert checks == sorted([
+        *(f"{s}_ingested:rows_accounted" for s in ("email", "orders", "product", "web")),
+        "feature_drift:feature_drift_within_thresholds", "segment_shift:segment_shares_stable",
+        "centroid_shift:centroids_within_thresholds",
+    ])
+    blocking = {f"{c.asset_key.to_user_string()}:{c.name}": graph.get_check_spec(c).blocking
+                for c in graph.asset_check_keys}
+    assert sorted(k for k, b in blocking.items() if b) == sorted(f"{s}_ingested:rows_accounted"
+                                                           for s in ("email", "orders", "product", "web"))
+    assert [j.name for j in defs.jobs] == ["segpipe_refresh", "segpipe_refit"]
+    assert [s.name for s in defs.schedules] == ["monthly_refresh", "quarterly_refit"]
+    assert [s.name for s in defs.sensors] == ["drift_refit", "landing_files"]
     groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert groups["orders_ingested"] == "ingestion" and groups["identity_map"] == "identity"
     assert groups["behavioral_events"] == "events" and groups["customer_features"] == "features"
     assert groups["segment_membership"] == "segments"
     assert groups["segment_report"] == groups["segment_exports"] == "exports"
     assert groups["segment_model"] == groups["segment_outcomes"] == "segments"
+    assert {groups[a] for a in ("feature_drift", "segment_shift", "segment_migration", "centroid_shift")} == {"drift"}
     for k in graph.get_all_asset_keys():
         node = graph.get(k)
         assert node.description, f"{k} has no description"
@@ -61,7 +72,11 @@ def test_graph_snapshot_of_the_sample_config():
     assert parents["segment_membership"] == ["customer_features", "segment_model"]
     assert parents["segment_outcomes"] == ["customer_activity_monthly", "customer_features", "segment_membership"]
     assert parents["segment_exports"] == ["segment_membership"]
-    assert parents["segment_report"] == ["segment_membership", "segment_outcomes", "segment_profiles"]
+    assert parents["segment_report"] == ["feature_drift", "segment_membership", "segment_outcomes", "segment_profiles"]
+    assert parents["feature_drift"] == ["customer_features", "segment_model"]
+    assert parents["segment_shift"] == ["segment_membership", "segment_model"]
+    assert parents["segment_migration"] == ["segment_membership"]
+    assert parents["centroid_shift"] == ["customer_features", "segment_model"]
 
 
 def test_one_month_materializes_end_to_end(orders_project):
@@ -72,9 +87,12 @@ def test_one_month_materializes_end_to_end(orders_project):
     assert pl.read_parquet(asset_path(lake, "orders_quarantine", "2025-01-01")).height == 5
     members = pl.read_parquet(asset_path(lake, "segment_membership", "2025-01-01"))
     assert members["customer_id"].to_list() == ["C1", "C2"]
-    checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [("rows_accounted", True)]
-    assert checks[0].metadata["rows_read"].value == 8
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert sorted(checks) == ["centroids_within_thresholds", "feature_drift_within_thresholds", "rows_accounted",
+                              "segment_shares_stable"]
+    assert checks["rows_accounted"].passed and checks["rows_accounted"].metadata["rows_read"].value == 8
+    # the first month has nothing to drift from
+    assert checks["feature_drift_within_thresholds"].passed and checks["segment_shares_stable"].passed
     mats = {(m.asset_key.to_user_string(), m.partition): m.metadata
             for m in result.asset_materializations_for_node("ingest_orders")}
     md = mats[("orders_ingested", "2025-01-01")]

@@ -65,8 +65,12 @@ def test_every_row_of_every_file_is_accounted_for(sample_run):
         assert s["kept"] == sum(manifest["clean_row_counts"][src].values()), src
         on_disk = sum(_lake(root, f"{src}_quarantine", m).height for m in MONTHS)
         assert on_disk == s["quarantined"]
-    assert all(c.passed for c in result.get_asset_check_evaluations())
-    assert len(result.get_asset_check_evaluations()) == 4
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 7
+    assert all(c.passed for c in checks if c.check_name == "rows_accounted")
+    # drift checks may warn in the first months (windows filling) but never alert in the warm-up
+    assert not [c for c in checks if c.check_name == "feature_drift_within_thresholds"
+                and c.severity == dg.AssetCheckSeverity.ERROR and not c.passed]
 
 
 def test_malformed_lines_are_quarantined_with_their_line(sample_run):

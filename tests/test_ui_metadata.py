@@ -53,6 +53,6 @@ def test_report_asset_is_wired_like_the_others():
     assert node.group_name == "exports" and node.kinds == {"altair", "html"}
     assert node.backfill_policy == dg.BackfillPolicy.single_run()
     assert sorted(p.to_user_string() for p in node.parent_keys) == [
-        "segment_membership", "segment_outcomes", "segment_profiles"]
+        "feature_drift", "segment_membership", "segment_outcomes", "segment_profiles"]
     owners = {GRAPH.get(k).owners[0] for k in ASSETS}
     assert owners == {node.owners[0]}

@@ -67,13 +67,17 @@ def test_webserver_shows_the_lineage_from_ingestion_to_segments(webserver):
     data = _post(webserver + "/graphql", QUERY)["data"]["assetNodes"]
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data}
     deps = {k: sorted("/".join(d["path"]) for d in n["dependencyKeys"]) for k, n in nodes.items()}
-    assert {n["groupName"] for n in data} == {"ingestion", "identity", "events", "features", "segments", "exports"}
+    assert {n["groupName"] for n in data} == {"ingestion", "identity", "events", "features", "segments", "drift",
+                                              "exports"}
     assert all(n["description"] for n in data)
     assert deps["identity_links"] == ["email_ingested", "orders_ingested", "product_ingested", "web_ingested"]
     assert "identity_map" in deps["behavioral_events"]
     assert deps["customer_activity_monthly"] == ["behavioral_events"]
     assert "customer_activity_monthly" in deps["customer_features"]
     assert deps["segment_membership"] == ["customer_features", "segment_model"]
+    assert deps["feature_drift"] == ["customer_features", "segment_model"]
+    assert deps["segment_migration"] == ["segment_membership"]
+    assert "feature_drift" in deps["segment_report"]
 
 
 def test_webserver_binds_loopback_only(webserver):
