@@ -18,7 +18,7 @@ from segpipe.features import (
     feature_definitions,
     feature_schema,
     update_customer_state,
-    window_months,
+    daily_months,
 )
 from segpipe.identity import IDENTITY_KINDS, customer_identity
 from segpipe.timeutil import month_key, month_range, month_start, next_month
@@ -37,6 +37,7 @@ _ROLLUP_DESCRIPTIONS = {
     "night_activity": "Activity 00-06h (features.timezone).", "morning_activity": "Activity 06-12h.",
     "afternoon_activity": "Activity 12-18h.", "evening_activity": "Activity 18-24h.",
     "weekend_activity": "Activity on Saturday/Sunday (features.timezone).",
+    "active_days": "Days of the month with any activity.",
     "orders_holiday": "Orders in the configured seasonal window 'holiday'.",
     "first_seen": "First event ever.", "last_seen": "Last event so far.", "first_active_day": "First day with activity.",
     "last_active_day": "Last day with activity.", "longest_gap_days": "Longest run of idle days between two active days.",
@@ -72,11 +73,14 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         return out
 
     @dg.asset(**common, metadata={"dagster/column_schema": column_schema(MONTHLY_SCHEMA, _ROLLUP_DESCRIPTIONS)})
-    def customer_activity_monthly(context: dg.AssetExecutionContext, behavioral_events: dict[str, pl.LazyFrame]):
-        """Per customer active in the month: activity, order revenue by category, features used."""
+    def customer_activity_monthly(context: dg.AssetExecutionContext, behavioral_events: dict[str, pl.LazyFrame],
+                                  customer_activity_daily: dict[str, pl.LazyFrame]):
+        """Per customer active in the month: activity, order revenue by category, features used, and
+        the month's sums of the daily counters (windows of 90 days and more read these)."""
         out = {}
         for pk in partitions_of(context):
-            roll = build_activity_monthly(require(behavioral_events, pk, "behavioral_events"), month=pk).collect()
+            roll = build_activity_monthly(require(behavioral_events, pk, "behavioral_events"), month=pk,
+                                          daily=require(customer_activity_daily, pk, "customer_activity_daily")).collect()
             out[pk] = roll
             context.add_asset_metadata(
                 {"dagster/row_count": roll.height, "active_customers": roll.height,
@@ -148,7 +152,7 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         spec_ = segpipe.config().features
         out = {}
         for pk in partitions_of(context):
-            win = [daily[k] for k in window_months(pk) if k in daily]
+            win = [daily[k] for k in daily_months(pk) if k in daily]
             last12 = month_range(month_key(next_month(month_start(pk), -11)), pk)
             mon = [monthly_rollups[k] for k in last12 if k in monthly_rollups]
             feats = build_features(

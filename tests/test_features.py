@@ -17,7 +17,7 @@ from segpipe.features import (
     feature_schema,
     update_customer_state,
 )
-from segpipe.timeutil import month_key, month_range
+from segpipe.timeutil import month_key, month_range, month_start, next_month
 
 UTC = dt.timezone.utc
 SPEC = FeaturesConfig()
@@ -44,7 +44,7 @@ def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, 
         lo = dt.datetime.fromisoformat(m).replace(tzinfo=UTC)
         mev = events.filter(pl.col("event_time").dt.truncate("1mo") == lo).lazy()
         d = build_activity_daily(mev, spec=spec).collect()
-        mo = build_activity_monthly(mev, month=m).collect()
+        mo = build_activity_monthly(mev, month=m, daily=d.lazy()).collect()
         state = update_customer_state(state.lazy() if state is not None else None, d.lazy(), mo.lazy(), spec=spec).collect()
         dailies.append(d)
         monthlies.append(mo)
@@ -238,7 +238,8 @@ def test_incremental_features_equal_a_from_scratch_build(sample_events):
     incremental = features_for(sample_events, "2025-03", first="2024-11")
     lazy = sample_events.lazy()
     daily = build_activity_daily(lazy, spec=SPEC)
-    monthly = pl.concat([build_activity_monthly(lazy.filter(pl.col("event_time").dt.strftime("%Y-%m") == m[:7]), month=m)
+    monthly = pl.concat([build_activity_monthly(lazy.filter(pl.col("event_time").dt.strftime("%Y-%m") == m[:7]), month=m,
+                                                spec=SPEC)
                          for m in month_range("2024-11", "2025-03")])
     state = update_customer_state(None, daily, monthly, spec=SPEC)
     ident = state.select("customer_id", pl.lit("customer").alias("identity"))
@@ -252,3 +253,42 @@ def test_docs_feature_table_is_current():
 
     path = Path(__file__).resolve().parent.parent / "docs" / "features.md"
     assert path.read_text() == features_markdown(), "regenerate: python -m segpipe.features > docs/features.md"
+
+
+def test_long_windows_from_monthly_blocks_equal_day_windows(sample_events):
+    """Windows of 90 days and more are summed from whole months plus the partial first month's day
+    rows; they must equal the plain sum of the day rows inside the window, for snapshots whose
+    window edges fall mid-month (90 days before 1 Feb is 3 Nov; 365 days before 1 Mar 2025 is 1 Mar 2024)."""
+    daily = build_activity_daily(sample_events.lazy(), spec=SPEC).collect()
+    for month in ("2025-01", "2025-02", "2025-03"):
+        f = features_for(sample_events, month, first="2024-11")
+        end = next_month(month_start(month_key(month))).date()
+
+        def win(col: str, days: int, d=daily, end=end) -> pl.Expr:
+            inside = (pl.col("day") >= end - dt.timedelta(days=days)) & (pl.col("day") < end)
+            return pl.col(col).filter(inside).sum()
+
+        ref = daily.group_by("customer_id").agg(
+            win("orders", 90).alias("orders_90d"), win("orders", 365).alias("orders_365d"),
+            ((pl.col("revenue").filter((pl.col("day") >= end - dt.timedelta(days=90)) & (pl.col("day") < end)) * 100)
+             .round(0).cast(pl.Int64).sum() / 100).alias("revenue_90d"),
+            ((pl.col("activity") > 0) & (pl.col("day") >= end - dt.timedelta(days=90)) & (pl.col("day") < end))
+            .sum().alias("active_days_90d"),
+            win("email_opens", 90).alias("opens"), win("emails_sent", 90).alias("sent"),
+            win("app_activity", 90).alias("app_90"), win("activity", 90).alias("act_90"),
+            win("discount_orders", 365).alias("disc_365"),
+        )
+        got = f.join(ref, on="customer_id", how="left")
+        got = got.with_columns(pl.col([c for c in got.columns if c.endswith("_right")] +
+                                      ["opens", "sent", "app_90", "act_90", "disc_365"]).fill_null(0))
+        assert got.height > 300
+        for mine, theirs in (("orders_90d", "orders_90d_right"), ("orders_365d", "orders_365d_right"),
+                             ("revenue_90d", "revenue_90d_right"), ("active_days_90d", "active_days_90d_right")):
+            diff = got.filter((pl.col(mine).cast(pl.Float64) - pl.col(theirs).cast(pl.Float64)).abs() > 1e-9)
+            assert diff.height == 0, (month, mine, diff.select("customer_id", mine, theirs).head())
+        rate = got.filter(pl.col("sent") > 0)
+        assert (rate["email_open_rate_90d"] - rate["opens"] / rate["sent"]).abs().max() < 1e-9
+        share = got.filter(pl.col("act_90") > 0)
+        assert (share["app_share_90d"] - share["app_90"] / share["act_90"]).abs().max() < 1e-9
+        disc = got.filter(pl.col("orders_365d") > 0)
+        assert (disc["discount_share_365d"] - disc["disc_365"] / disc["orders_365d"]).abs().max() < 1e-9
