@@ -10,7 +10,7 @@ Not a test: it prints figures and ratios. For each size (customers x months) it
    months <= M, as the ``identity_map`` asset does) -> ``stitch_events`` -> ``behavioral_events``,
 3. times the **rollup stage** (``build_activity_daily`` + ``build_activity_monthly``) and the
    **snapshot stage** (``update_customer_state`` from the previous month's state +
-   ``build_features`` over the daily rows of ``window_months(M)`` and the last 12 monthly rollups,
+   ``build_features`` over the daily rows of ``daily_months(M)`` and the last 12 monthly rollups,
    with ``customer_identity`` of the month's identity map) for every month, each reading its inputs
    from disk and writing its outputs like the assets in ``assets/features.py``,
 4. re-times the refresh of the first, 13th and last month alone (rollup + snapshot, inputs on disk,
@@ -68,7 +68,7 @@ from segpipe.features import (  # noqa: E402
     build_features,
     daily_schema,
     update_customer_state,
-    window_months,
+    daily_months,
 )
 from segpipe.identity import build_identity_map, customer_identity, identity_links, stitch_events  # noqa: E402
 from segpipe.ingest import ingest_source  # noqa: E402
@@ -268,7 +268,7 @@ def rollup(lake: Path, pk: str, spec, out: Path) -> Timer:
     with t("write"):
         write_parquet_atomic(daily, asset_path(out, "customer_activity_daily", pk))
     with t("build_activity_monthly"):
-        monthly = build_activity_monthly(ev, month=pk).collect()
+        monthly = build_activity_monthly(ev, month=pk, daily=daily.lazy()).collect()
     with t("write"):
         write_parquet_atomic(monthly, asset_path(out, "customer_activity_monthly", pk))
     return t
@@ -293,7 +293,7 @@ def snapshot(lake: Path, pk: str, first: str, spec, out: Path) -> Timer:
         ).collect()
     with t("write"):
         write_parquet_atomic(state, asset_path(out, "customer_state", pk))
-    win = [pl.scan_parquet(src("customer_activity_daily", k)) for k in window_months(pk) if src("customer_activity_daily", k).is_file()]
+    win = [pl.scan_parquet(src("customer_activity_daily", k)) for k in daily_months(pk) if src("customer_activity_daily", k).is_file()]
     last12 = month_range(month_key(next_month(month_start(pk), -11)), pk)
     mon = [pl.scan_parquet(src("customer_activity_monthly", k)) for k in last12 if src("customer_activity_monthly", k).is_file()]
     with t("build_features"):
@@ -308,7 +308,7 @@ def snapshot(lake: Path, pk: str, first: str, spec, out: Path) -> Timer:
         write_parquet_atomic(feats, asset_path(out, "customer_features", pk))
     t.parts["_rows"] = {"customers": feats.height, "daily_rows_in_window": sum(
         pl.scan_parquet(src("customer_activity_daily", k)).select(pl.len()).collect().item()
-        for k in window_months(pk) if src("customer_activity_daily", k).is_file())}
+        for k in daily_months(pk) if src("customer_activity_daily", k).is_file())}
     return t
 
 

@@ -533,8 +533,10 @@ def build_features(
     cats = (
         mon.select("customer_id", "category_revenue").explode("category_revenue").unnest("category_revenue")
         .drop_nulls("category")
-        .group_by("customer_id", "category").agg(money_sum(pl.col("revenue")).alias("revenue"))
-        .with_columns((pl.col("revenue") / pl.col("revenue").sum().over("customer_id")).round_sig_figs(12).alias("share"))
+        .group_by("customer_id", "category").agg((pl.col("revenue") * 100).round(0).cast(pl.Int64).sum().alias("cents"))
+        .with_columns(pl.col("cents").cast(pl.Float64).truediv(100).alias("revenue"),
+                      # integer cents: the total does not depend on summation order, so re-runs match
+                      (pl.col("cents") / pl.col("cents").sum().over("customer_id")).alias("share"))
         .sort("customer_id", "revenue", "category", descending=[False, True, False])
         .group_by("customer_id", maintain_order=True)
         .agg(pl.col("category").first().alias("dominant_category"),
@@ -568,6 +570,9 @@ def build_features(
     users = app_days > 0
     lo = app_days.filter(users).quantile(q_lo, interpolation="lower")
     hi = app_days.filter(users).quantile(q_hi, interpolation="lower")
+    if spec.anonymous_retention_days is not None:
+        gone = pl.lit(end_dt - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
+        f = f.filter(~(pl.col("identity").fill_null("anonymous").eq("anonymous") & (pl.col("last_seen") < gone)))
     f = f.with_columns(
         pl.col("identity").fill_null("anonymous"),
         pl.lit(start.date()).alias("snapshot_month"),

@@ -36,7 +36,8 @@ def frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=EVENT_SCHEMA)
 
 
-def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, first: str | None = None) -> pl.DataFrame:
+def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, first: str | None = None,
+                 anonymous: tuple[str, ...] = ()) -> pl.DataFrame:
     """Run the incremental path month by month, exactly as the assets do."""
     keys = month_range(first or month_key(events["event_time"].min()), month)
     state, dailies, monthlies = None, [], []
@@ -48,7 +49,8 @@ def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, 
         state = update_customer_state(state.lazy() if state is not None else None, d.lazy(), mo.lazy(), spec=spec).collect()
         dailies.append(d)
         monthlies.append(mo)
-    ident = state.select("customer_id", pl.lit("customer").alias("identity")).lazy()
+    ident = state.select("customer_id", pl.when(pl.col("customer_id").is_in(list(anonymous))).then(pl.lit("anonymous"))
+                         .otherwise(pl.lit("customer")).alias("identity")).lazy()
     return build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), ident,
                           month=month_key(month), spec=spec).collect()
 
@@ -192,6 +194,23 @@ def test_customers_stay_in_later_snapshots():
     f = features_for(frame([ev("E", "2025-01-15 10:00:00")]), "2025-06", first="2025-01")
     e = row(f, "E")
     assert e["orders_lifetime"] == 1 and e["orders_90d"] == 0 and e["recency_days"] == pytest.approx(166.583333, abs=1e-5)
+
+
+def test_idle_anonymous_visitors_leave_the_snapshot_after_the_retention():
+    """Known customers stay for ever; a cookie never linked to anyone stays while it was active in
+    the last anonymous_retention_days (90 by default), and comes back when it returns."""
+    rows = [ev("K", "2025-01-10 10:00:00", "page_view"), ev("A", "2025-01-10 10:00:00", "page_view"),
+            ev("B", "2025-03-20 10:00:00", "page_view")]
+    april = features_for(frame(rows), "2025-04", first="2025-01", anonymous=("A", "B"))
+    assert april["customer_id"].to_list() == ["B", "K"]  # A idle since 10 Jan: 110 days at 30 Apr
+    march = features_for(frame(rows), "2025-03", first="2025-01", anonymous=("A", "B"))
+    assert march["customer_id"].to_list() == ["A", "B", "K"]  # 80 days at 31 Mar
+    back = features_for(frame([*rows, ev("A", "2025-05-02 10:00:00", "page_view")]), "2025-05", first="2025-01",
+                        anonymous=("A", "B"))
+    assert row(back, "A")["product_views_30d"] == 0 and "A" in back["customer_id"].to_list()
+    keep = features_for(frame(rows), "2025-04", SPEC.model_copy(update={"anonymous_retention_days": None}),
+                        first="2025-01", anonymous=("A", "B"))
+    assert keep["customer_id"].to_list() == ["A", "B", "K"]
 
 
 @pytest.fixture(scope="module")
