@@ -95,6 +95,7 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "previous_state": dg.AssetIn("customer_state", partition_mapping=PREVIOUS_MONTH),
             "customer_activity_daily": dg.AssetIn("customer_activity_daily"),
             "customer_activity_monthly": dg.AssetIn("customer_activity_monthly"),
+            "identity_map": dg.AssetIn("identity_map"),
         },
         metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
             **_ROLLUP_DESCRIPTIONS, "orders": "Orders so far.", "revenue": "Order revenue so far.",
@@ -102,9 +103,10 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     )
     def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
                        previous_state: dict[str, pl.LazyFrame], customer_activity_daily: dict[str, pl.LazyFrame],
-                       customer_activity_monthly: dict[str, pl.LazyFrame]):
+                       customer_activity_monthly: dict[str, pl.LazyFrame], identity_map: dict[str, pl.LazyFrame]):
         """Cumulative lifetime state per customer (first/last times, orders, purchase days, revenue,
-        journey markers): the previous month's state merged with this month's rollups."""
+        journey markers): the previous month's state merged with this month's rollups. Anonymous
+        visitors idle for longer than features.anonymous_retention_days are dropped."""
         keys = partitions_of(context)
         first_partition = monthly.get_first_partition_key()
         prev_key = month_key(next_month(month_start(keys[0]), -1))
@@ -123,6 +125,7 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 require(customer_activity_daily, pk, "customer_activity_daily"),
                 require(customer_activity_monthly, pk, "customer_activity_monthly"),
                 spec=segpipe.config().features,
+                identity=customer_identity(require(identity_map, pk, "identity_map")), month=pk,
             ).collect()
             out[pk] = prev = state
             context.add_asset_metadata(

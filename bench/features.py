@@ -289,7 +289,7 @@ def snapshot(lake: Path, pk: str, first: str, spec, out: Path) -> Timer:
         prev = None if pk == first else pl.scan_parquet(src("customer_state", prev_key)).collect().lazy()
         state = update_customer_state(
             prev, pl.scan_parquet(src("customer_activity_daily", pk)), pl.scan_parquet(src("customer_activity_monthly", pk)),
-            spec=spec,
+            spec=spec, identity=customer_identity(pl.scan_parquet(asset_path(lake, "identity_map", pk))), month=pk,
         ).collect()
     with t("write"):
         write_parquet_atomic(state, asset_path(out, "customer_state", pk))

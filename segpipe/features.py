@@ -234,15 +234,34 @@ def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfi
     )
 
 
+def drop_idle_anonymous(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str,
+                        spec: FeaturesConfig) -> pl.LazyFrame:
+    """``frame`` (with ``customer_id`` and ``last_seen``) without the anonymous visitors idle for
+    more than ``spec.anonymous_retention_days`` at the end of ``month``."""
+    if spec.anonymous_retention_days is None:
+        return frame
+    gone = pl.lit(next_month(month_start(month)) - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
+    anon = identity.filter(pl.col("identity") == "anonymous").select("customer_id", pl.lit(True).alias("__anon"))
+    return (frame.join(anon, on="customer_id", how="left")
+            .filter(~(pl.col("__anon").fill_null(False) & (pl.col("last_seen") < gone))).drop("__anon"))
+
+
 def update_customer_state(
-    previous: pl.LazyFrame | None, daily: pl.LazyFrame, monthly: pl.LazyFrame, *, spec: FeaturesConfig
+    previous: pl.LazyFrame | None, daily: pl.LazyFrame, monthly: pl.LazyFrame, *, spec: FeaturesConfig,
+    identity: pl.LazyFrame | None = None, month: str | None = None,
 ) -> pl.LazyFrame:
     """Lifetime state after the given month(s): ``previous`` state merged with the new daily and
-    monthly rows. ``previous=None`` builds the state from scratch (the rows may span many months)."""
+    monthly rows. ``previous=None`` builds the state from scratch (the rows may span many months).
+
+    With ``identity`` (:func:`segpipe.identity.customer_identity` of ``month``) the previous state
+    first loses the anonymous visitors idle for more than ``spec.anonymous_retention_days``: they
+    are not in the snapshots any more, and one that returns starts over."""
     schema = _state_schema(spec)
     cur = _month_state(daily, monthly, spec)
     if previous is None:
         return cur.select(list(schema)).cast(schema).sort("customer_id")
+    if identity is not None and month is not None:
+        previous = drop_idle_anonymous(previous, identity, month=month, spec=spec)
     p = previous.select(list(schema))
     j = p.join(cur, on="customer_id", how="full", coalesce=True, suffix="_new")
 
@@ -486,40 +505,45 @@ def build_features(
     month_rows = monthly.filter(pl.col("month") <= start.date()).select(
         "customer_id", pl.col("month").alias("day"), pl.lit(True).alias("__block"),
         *[pl.col(c).cast(pl.Float64 if c == "revenue" else pl.Int64) for c in counters])
+    # only the days of each partial first month that are inside its window are ever summed
     edges = [end - dt.timedelta(days=n) for n in LONG_WINDOW_DAYS]
-    partial = [dt.date(e.year, e.month, 1) for e in edges if e.day != 1]
-    day_rows = daily.filter(pl.col("day").dt.truncate("1mo").is_in(partial) & (pl.col("day") < end)).select(
+    wanted = pl.lit(False)
+    for e in edges:
+        if e.day != 1:
+            wanted = wanted | ((pl.col("day") >= e) & (pl.col("day") < next_month(dt.datetime(e.year, e.month, 1)).date()))
+    day_rows = daily.filter(wanted & (pl.col("day") < end)).select(
         "customer_id", "day", pl.lit(False).alias("__block"),
         *[(active if c == "active_days" else pl.col(c)).cast(pl.Float64 if c == "revenue" else pl.Int64).alias(c)
           for c in counters])
-    blocks = pl.concat([month_rows, day_rows], how="vertical")
+    blocks = pl.concat([month_rows, day_rows], how="vertical").with_columns(
+        pl.col("day").dt.truncate("1mo").alias("__first"))
+    blocks = blocks.with_columns((pl.col("revenue") * 100).round(0).cast(pl.Int64).alias("cents"))
 
-    def inside(days: int) -> pl.Expr:
+    def window(days: int, cols: dict[str, str]) -> pl.LazyFrame:
+        """Plain sums of ``cols`` (source -> output name) over the rows inside the ``days`` window."""
         cut = end - dt.timedelta(days=days)
-        first = pl.col("day").dt.truncate("1mo")
-        return (pl.col("day") >= cut) & (pl.col("__block") | (first < pl.lit(cut)))
+        inside = (pl.col("day") >= cut) & (pl.col("__block") | (pl.col("__first") < pl.lit(cut)))
+        return blocks.filter(inside).group_by("customer_id").agg(
+            pl.col(src).sum().cast(pl.Int64).alias(out) for src, out in cols.items())
 
-    def w(col: str, days: int) -> pl.Expr:
-        return pl.col(col).filter(inside(days)).sum().cast(pl.Int64)
-
-    def cents(days: int) -> pl.Expr:
-        return (pl.col("revenue").filter(inside(days)) * 100).round(0).cast(pl.Int64).sum()
-
-    long = blocks.group_by("customer_id").agg(
-        w("orders", 90).alias("orders_90d"), w("orders", 365).alias("orders_365d"),
-        (cents(90).cast(pl.Float64) / 100).alias("revenue_90d"),
-        (cents(365).cast(pl.Float64) / 100).alias("revenue_365d"),
-        ((cents(180) - cents(90)).cast(pl.Float64) / 100).alias("revenue_prev_90d"),
-        w("active_days", 90).alias("active_days_90d"),
-        w("logins", 90).alias("logins_90d"),
-        w("invites", 90).alias("invites_90d"), w("upgrades", 90).alias("upgrades_90d"),
-        w("discount_orders", 365).alias("discount_orders_365d"),
-        w("activity", 90).alias("activity_90d"),
-        w("weekend_activity", 90).alias("weekend_90d"),
-        *[w(f"{p}_activity", 90).alias(f"{p}_90d") for p in PARTS_OF_DAY],
-        *[w(f"{c}_activity", 90).alias(f"{c}_90d") for c in CHANNELS],
-        w("emails_sent", 90).alias("emails_sent_90d"), w("email_opens", 90).alias("opens_90d"),
-        w("email_clicks", 90).alias("clicks_90d"),
+    w90 = window(90, {
+        "orders": "orders_90d", "cents": "cents_90d", "active_days": "active_days_90d", "logins": "logins_90d",
+        "invites": "invites_90d", "upgrades": "upgrades_90d", "activity": "activity_90d",
+        "weekend_activity": "weekend_90d", **{f"{p}_activity": f"{p}_90d" for p in PARTS_OF_DAY},
+        **{f"{c}_activity": f"{c}_90d" for c in CHANNELS}, "emails_sent": "emails_sent_90d",
+        "email_opens": "opens_90d", "email_clicks": "clicks_90d"})
+    w180 = window(180, {"cents": "cents_180d"})
+    w365 = window(365, {"orders": "orders_365d", "cents": "cents_365d", "discount_orders": "discount_orders_365d"})
+    long = (
+        w365.join(w180, on="customer_id", how="full", coalesce=True)
+        .join(w90, on="customer_id", how="full", coalesce=True)
+        .with_columns(pl.col("cents_90d", "cents_180d", "cents_365d").fill_null(0))
+        .with_columns(
+            (pl.col("cents_90d").cast(pl.Float64) / 100).alias("revenue_90d"),
+            (pl.col("cents_365d").cast(pl.Float64) / 100).alias("revenue_365d"),
+            ((pl.col("cents_180d") - pl.col("cents_90d")).cast(pl.Float64) / 100).alias("revenue_prev_90d"),
+        )
+        .drop("cents_90d", "cents_180d", "cents_365d")
     )
     win = short.join(long, on="customer_id", how="full", coalesce=True).with_columns(
         (pl.col("active_days_90d").fill_null(0) - pl.col("active_days_30d").fill_null(0)).alias("active_days_prev_60d"))
@@ -552,11 +576,14 @@ def build_features(
     def share(col: str) -> pl.Expr:
         return rate(col, "activity_90d")
 
+    people = state.join(identity, on="customer_id", how="left")
+    if spec.anonymous_retention_days is not None:
+        gone = pl.lit(end_dt - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
+        people = people.filter(~(pl.col("identity").fill_null("anonymous").eq("anonymous") & (pl.col("last_seen") < gone)))
     f = (
-        state.join(win, on="customer_id", how="left")
+        people.join(win, on="customer_id", how="left")
         .join(months, on="customer_id", how="left")
         .join(cats, on="customer_id", how="left")
-        .join(identity, on="customer_id", how="left")
         .with_columns(
             zero(*[c for c in win.collect_schema().names() if c != "customer_id"], "active_months_12", "active_months_6")
         )
@@ -570,9 +597,6 @@ def build_features(
     users = app_days > 0
     lo = app_days.filter(users).quantile(q_lo, interpolation="lower")
     hi = app_days.filter(users).quantile(q_hi, interpolation="lower")
-    if spec.anonymous_retention_days is not None:
-        gone = pl.lit(end_dt - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
-        f = f.filter(~(pl.col("identity").fill_null("anonymous").eq("anonymous") & (pl.col("last_seen") < gone)))
     f = f.with_columns(
         pl.col("identity").fill_null("anonymous"),
         pl.lit(start.date()).alias("snapshot_month"),

@@ -65,7 +65,9 @@ def test_graph_snapshot_of_the_sample_config():
                for k in graph.get_all_asset_keys()}
     assert parents["identity_links"] == [f"{s}_ingested" for s in ("email", "orders", "product", "web")]
     assert parents["behavioral_events"] == sorted(["identity_map", *(f"{s}_ingested" for s in ("orders", "product", "email", "web"))])
-    assert parents["customer_state"] == ["customer_activity_daily", "customer_activity_monthly", "customer_state"]
+    assert parents["customer_state"] == ["customer_activity_daily", "customer_activity_monthly", "customer_state",
+                                         "identity_map"]
+    assert parents["customer_activity_monthly"] == ["behavioral_events", "customer_activity_daily"]
     assert parents["customer_features"] == [
         "customer_activity_daily", "customer_activity_monthly", "customer_state", "identity_map"]
     assert parents["segment_model"] == ["customer_features", "segment_model"]
