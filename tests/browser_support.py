@@ -77,7 +77,7 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     """POST ``query`` to the webserver's GraphQL endpoint; the ``data`` of the answer."""
     req = urllib.request.Request(url + "/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
+    with urllib.request.urlopen(req, timeout=60) as resp:
         answer = json.load(resp)
     if answer.get("errors"):
         raise AssertionError(f"GraphQL errors: {answer['errors']}")
@@ -85,13 +85,14 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 
 
 class Webserver:
-    """``dagster-webserver -w workspace.yaml`` on 127.0.0.1 and a free port, against the instance at
-    ``home`` with ``SEGPIPE_CONFIG=config_path``. :meth:`start` returns at once (so a run can
-    execute while the code location loads), :meth:`wait` until it serves, :meth:`stop` ends its
-    process group."""
+    """``dagster-webserver -w workspace.yaml`` (or ``dagster dev``: webserver and daemon, with
+    ``daemon=True``) on 127.0.0.1 and a free port, against the instance at ``home`` with
+    ``SEGPIPE_CONFIG=config_path``. :meth:`start` returns at once (so a run can execute while the
+    code location loads), :meth:`wait` until it serves, :meth:`stop` ends its process group."""
 
-    def __init__(self, config_path: Path, home: Path):
+    def __init__(self, config_path: Path, home: Path, *, daemon: bool = False):
         self.config_path, self.home = Path(config_path), Path(home)
+        self.command = [str(BIN / "dagster"), "dev"] if daemon else [str(BIN / "dagster-webserver")]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -100,14 +101,18 @@ class Webserver:
         env = {**os.environ, "DAGSTER_HOME": str(self.home), "SEGPIPE_CONFIG": str(self.config_path)}
         with open(self.home / "webserver.log", "wb") as log:
             self.proc = subprocess.Popen(
-                ["env", "--default-signal=TERM,INT,HUP", str(BIN / "dagster-webserver"),
+                ["env", "--default-signal=TERM,INT,HUP", *self.command,
                  "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self
 
     def _log(self) -> str:
-        return (self.home / "webserver.log").read_text(errors="replace")[-3000:]
+        return self.log()[-3000:]
+
+    def log(self) -> str:
+        """Everything the server (and daemon) printed so far."""
+        return (self.home / "webserver.log").read_text(errors="replace")
 
     def wait(self, timeout: float = 120) -> str:
         """Block until the code location has loaded; returns the URL."""
@@ -143,9 +148,9 @@ class Webserver:
 
 
 @contextlib.contextmanager
-def webserver(config_path: Path, home: Path, *, timeout: float = 120) -> Iterator[str]:
+def webserver(config_path: Path, home: Path, *, timeout: float = 120, daemon: bool = False) -> Iterator[str]:
     """A started :class:`Webserver`; yields its URL once it serves, stops it on exit."""
-    server = Webserver(config_path, home).start()
+    server = Webserver(config_path, home, daemon=daemon).start()
     try:
         yield server.wait(timeout)
     finally:

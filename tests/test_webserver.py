@@ -34,33 +34,11 @@ def _post(url: str, query: str) -> dict:
 
 @pytest.fixture
 def webserver(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "SEGPIPE_CONFIG": str(REPO / "segpipe.yaml")}
-    proc = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/server_info", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(proc.stderr.read().decode()[-3000:])
-            time.sleep(0.5)
-    else:
-        pytest.fail("webserver did not start in 120 s")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    from tests.browser_support import make_instance_home
+    from tests.browser_support import webserver as serve
+
+    with serve(REPO / "segpipe.yaml", make_instance_home(tmp_path / "home")) as url:
+        yield url
 
 
 def test_webserver_shows_the_lineage_from_ingestion_to_segments(webserver):
@@ -72,7 +50,7 @@ def test_webserver_shows_the_lineage_from_ingestion_to_segments(webserver):
     assert all(n["description"] for n in data)
     assert deps["identity_links"] == ["email_ingested", "orders_ingested", "product_ingested", "web_ingested"]
     assert "identity_map" in deps["behavioral_events"]
-    assert deps["customer_activity_monthly"] == ["behavioral_events"]
+    assert deps["customer_activity_monthly"] == ["behavioral_events", "customer_activity_daily"]
     assert "customer_activity_monthly" in deps["customer_features"]
     assert deps["segment_membership"] == ["customer_features", "segment_model"]
     assert deps["feature_drift"] == ["customer_features", "segment_model"]
