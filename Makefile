@@ -35,7 +35,7 @@ ui: install
 	$(BIN)/segpipe ui --port $(PORT)
 
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf data/lake .dagster_home
