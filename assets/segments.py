@@ -8,8 +8,8 @@ import polars as pl
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
 from assets.partitions import NEXT_MONTH, PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
-from segpipe.clustering import MODEL_SCHEMA, ClusterModel, fit_cluster_model
-from segpipe.config import SegpipeConfig
+from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against, fit_cluster_model
+from segpipe.config import SegpipeConfig, resolve
 from segpipe.locks import write_partition_file
 from segpipe.segments import (
     MEMBERSHIP_DESCRIPTIONS,
@@ -65,7 +65,8 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         """The behavioral cluster model in force for the month: k-means with automatic k, refit on
         quarter-end snapshots (or on request) and carried forward otherwise; refit clusters keep the
         ids of the previous model's clusters they match."""
-        segments_cfg = segpipe.config().segments
+        config = segpipe.config()
+        segments_cfg = config.segments
         cfg = segments_cfg.clustering
         keys = partitions_of(context)
         first = monthly.get_first_partition_key()
@@ -85,6 +86,17 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             assert prev is not None
             out[pk] = prev.frame
             m = prev.frame
+            validation = {}
+            labels_cfg = cfg.validation_labels
+            if labels_cfg is not None and m.height:
+                labels_path = resolve(config.base_dir, labels_cfg.path)
+                if labels_path.is_file():
+                    feats = clusterable(require(customer_features, pk, "customer_features").collect())
+                    ari, n = adjusted_rand_against(prev, feats, pl.read_parquet(labels_path), labels_cfg.column,
+                                                   labels_cfg.only)
+                    validation = {"adjusted_rand_index": ari, "adjusted_rand_customers": n}
+                else:
+                    context.log.warning(f"segments.clustering.validation_labels: {labels_path} not found; no ARI")
             context.add_asset_metadata(
                 {
                     "refit": bool(reason), "reason": reason or "carried forward",
@@ -93,6 +105,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                     **({"k_scores": dg.MetadataValue.json({str(k): v for k, v in prev.k_scores.items()})}
                        if reason and prev.k_scores else {}),
                     "clusters": preview(m.select("cluster_id", "cluster_name", pl.col("size_share").round(3)), 20),
+                    **validation,
                 },
                 partition_key=pk,
             )

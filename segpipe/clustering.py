@@ -188,3 +188,19 @@ def fit_cluster_model(
     ).sort("cluster_id")
     return ClusterModel(frame=frame, k_scores=scores)
 
+
+
+def adjusted_rand_against(model: ClusterModel, features: pl.DataFrame, labels: pl.DataFrame, column: str,
+                          only: list[str] | None = None) -> tuple[float, int]:
+    """Adjusted Rand index of the model's clusters on ``features`` against ``labels[column]`` (joined
+    on customer_id; restricted to the labels in ``only``), and the number of customers scored."""
+    from sklearn.metrics import adjusted_rand_score
+
+    ids, _ = model.assign(features)
+    scored = features.select("customer_id").with_columns(ids.alias("__cluster")).join(
+        labels.select("customer_id", pl.col(column).cast(pl.String).alias("__label")), on="customer_id", how="inner")
+    if only is not None:
+        scored = scored.filter(pl.col("__label").is_in(only))
+    if scored.height < 2:
+        return float("nan"), scored.height
+    return float(adjusted_rand_score(scored["__label"].to_list(), scored["__cluster"].to_list())), scored.height

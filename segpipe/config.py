@@ -146,6 +146,16 @@ class FeaturesConfig(_Model):
         return q
 
 
+class ValidationLabels(_Model):
+    """Known labels to score the clusters against (e.g. a survey, or a sample's planted truth): the
+    model's metadata reports the adjusted Rand index of the fitted clusters against them. Never an
+    input to the clustering."""
+
+    path: str = Field(description="Parquet file with customer_id and the label column (relative to the config).")
+    column: str = Field(default="label", description="Label column.")
+    only: list[str] | None = Field(default=None, description="Score only customers with these labels.")
+
+
 class ClusteringConfig(_Model):
     """Behavioral clustering with k-means and automatic k."""
 
@@ -173,6 +183,8 @@ class ClusteringConfig(_Model):
         "centroids are closer than this (scaled units); otherwise it gets a new id.",
     )
     names: dict[str, str] = Field(default_factory=dict, description="Cluster id -> name, overriding generated names.")
+    validation_labels: ValidationLabels | None = Field(
+        default=None, description="Labels the model's metadata scores the clusters against (adjusted Rand index).")
 
     @model_validator(mode="after")
     def _k_range(self) -> ClusteringConfig:

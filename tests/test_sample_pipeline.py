@@ -164,19 +164,26 @@ def test_outcomes_show_the_lapsing_archetype_lapses(sample_run):
         assert row["active_lift"] < 1.0, (scheme, lapsing, row)
 
 
-def test_clusters_relate_to_the_planted_archetypes(sample_run):
-    """Adjusted Rand index of clusters vs planted archetypes on behaviorally distinct archetypes.
+def test_clusters_recover_the_planted_archetypes(sample_run):
+    """Adjusted Rand index of the clusters against the planted archetypes that are behaviorally
+    distinct, reported by the pipeline itself in segment_model's metadata (the sample's config names
+    the ground truth as validation labels) and recomputed here from the membership.
 
-    Measured 0.4-0.45 on this sample and on the default one: the clusters separate deal seekers,
-    seasonal buyers, power users and window shoppers but merge champions with loyal regulars. The
-    assertion guards against regressions; the issue's 0.8 target is not met yet (see the issue note).
+    The bar is justified in docs/segments.md: on these features a classifier trained *with* the
+    true labels reaches only 0.69-0.77, because the generator's per-customer multipliers make the
+    archetypes overlap; the clusters reach 0.49-0.54 on the default sample (every quarter-end).
     """
     from sklearn.metrics import adjusted_rand_score
 
-    root, _, _ = sample_run
+    root, _, result = sample_run
     gt = pl.read_parquet(root / "data" / "sample" / "ground_truth" / "customers.parquet")
     distinct = ["champions", "bargain_hunters", "seasonal_gift_buyers", "power_users", "window_shoppers"]
-    mem = _lake(root, "segment_membership", MONTHS[-1]).join(gt, on="customer_id").filter(
-        pl.col("archetype").is_in(distinct))
-    ari = adjusted_rand_score(mem["archetype"].to_list(), mem["cluster_id"].to_list())
-    assert ari > 0.25, ari
+    reported = {m.partition: m.metadata for m in result.asset_materializations_for_node("segment_model")}
+    for month in MONTHS:
+        mem = _lake(root, "segment_membership", month).join(gt, on="customer_id").filter(
+            pl.col("archetype").is_in(distinct))
+        ari = adjusted_rand_score(mem["archetype"].to_list(), mem["cluster_id"].to_list())
+        assert reported[month]["adjusted_rand_index"].value == pytest.approx(ari, abs=1e-9), month
+        assert reported[month]["adjusted_rand_customers"].value == mem.height
+    last = reported[MONTHS[-1]]["adjusted_rand_index"].value
+    assert last >= 0.45, last
