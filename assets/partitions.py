@@ -24,8 +24,6 @@ HISTORY_TO_DATE = dg.TimeWindowPartitionMapping(
 )
 #: The month before (the first month has none).
 PREVIOUS_MONTH = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)
-#: The month after (empty until it exists).
-NEXT_MONTH = dg.TimeWindowPartitionMapping(start_offset=1, end_offset=1, allow_nonexistent_upstream_partitions=True)
 #: The month before and this one.
 PREVIOUS_AND_THIS_MONTH = dg.TimeWindowPartitionMapping(
     start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, require
-from assets.partitions import HISTORY_TO_DATE, PREVIOUS_AND_THIS_MONTH, PREVIOUS_MONTH, monthly_partitions
+from assets.partitions import HISTORY_TO_DATE, PREVIOUS_AND_THIS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.lake import asset_path
@@ -43,7 +43,7 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         ins={
             "segment_profiles": dg.AssetIn("segment_profiles", partition_mapping=HISTORY_TO_DATE),
             "segment_membership": dg.AssetIn("segment_membership", partition_mapping=PREVIOUS_AND_THIS_MONTH),
-            "previous_outcomes": dg.AssetIn("segment_outcomes", partition_mapping=PREVIOUS_MONTH),
+            "segment_outcomes": dg.AssetIn("segment_outcomes"),
             "feature_drift": dg.AssetIn("feature_drift"),
         },
         partitions_def=monthly,
@@ -59,7 +59,7 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     def segment_report(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
                        segment_profiles: dict[str, pl.LazyFrame],
                        segment_membership: dict[str, pl.LazyFrame],
-                       previous_outcomes: dict[str, pl.LazyFrame],
+                       segment_outcomes: dict[str, pl.LazyFrame],
                        feature_drift: dict[str, pl.LazyFrame]) -> dg.MaterializeResult:
         """Static HTML report of the month, one page that works offline: segment sizes over time and
         migration from the previous month per scheme, profiles and playbook (the columns below), and
@@ -79,7 +79,7 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 extra_sections=(
                     drift_section(feature_drift[pk].collect() if pk in feature_drift else None, month=pk,
                                   psi_warn=dcfg.psi_warn, psi_alert=dcfg.psi_alert, distance=dcfg.wasserstein),
-                    outcome_section(previous_outcomes[prev].collect() if prev in previous_outcomes else None,
+                    outcome_section(segment_outcomes[pk].collect() if pk in segment_outcomes else None,
                                     month=prev, schemes=list(SCHEMES)),
                 ),
             )

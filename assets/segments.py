@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
-from assets.partitions import NEXT_MONTH, PREVIOUS_MONTH, monthly_partitions
+from assets.partitions import PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against, fit_cluster_model
 from segpipe.config import SegpipeConfig, resolve
@@ -17,7 +17,6 @@ from segpipe.segments import (
     OUTCOME_SCHEMA,
     PROFILE_FEATURES,
     PROFILE_SCHEMA,
-    SCHEMES,
     activation_export,
     build_membership,
     build_outcomes,
@@ -161,10 +160,12 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         **common, group_name="segments", kinds={"polars", "parquet"},
-        ins={"segment_membership": dg.AssetIn("segment_membership"),
-             "next_activity": dg.AssetIn("customer_activity_monthly", partition_mapping=NEXT_MONTH),
-             "next_features": dg.AssetIn("customer_features", partition_mapping=NEXT_MONTH)},
+        ins={"segment_membership": dg.AssetIn("segment_membership", partition_mapping=PREVIOUS_MONTH),
+             "customer_activity_monthly": dg.AssetIn("customer_activity_monthly"),
+             "customer_features": dg.AssetIn("customer_features")},
         metadata={"dagster/column_schema": column_schema(OUTCOME_SCHEMA, {
+            "snapshot_month": "Month of the segments followed (the month before the partition).",
+            "outcome_month": "Month the outcomes were observed in (the partition).",
             "ordered_next": "Share of the segment's customers who ordered in the next month.",
             "active_next": "Share with any activity in the next month.",
             "revenue_next_per_customer": "Next month's revenue per customer of the segment.",
@@ -175,24 +176,28 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         })},
     )
     def segment_outcomes(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
-                         segment_membership: dict[str, pl.LazyFrame], next_activity: dict[str, pl.LazyFrame],
-                         next_features: dict[str, pl.LazyFrame]):
-        """What each segment's customers did in the next month (ordered, active, revenue, churned) and
-        the lift against all customers: how to check that 'At Risk' customers really lapse more.
-        Empty until the next month is built."""
+                         segment_membership: dict[str, pl.LazyFrame], customer_activity_monthly: dict[str, pl.LazyFrame],
+                         customer_features: dict[str, pl.LazyFrame]):
+        """What the customers of each segment of the previous month did in this month (ordered,
+        active, revenue, churned) and the lift against all known customers: how to check that
+        'At Risk' customers really lapse more. Partition M follows the segments of M-1, so the
+        monthly refresh of M completes the outcomes of M-1; empty in the first month."""
         cfg = segpipe.config()
         out = {}
         for pk in partitions_of(context):
-            nk = month_key(next_month(month_start(pk)))
-            res = build_outcomes(
-                require(segment_membership, pk, "segment_membership").collect(),
-                next_activity[nk].collect() if nk in next_activity else None,
-                churned_after_days=cfg.segments.lifecycle.churned_after_days,
-                features_next=next_features[nk].collect() if nk in next_features else None,
-            )
+            prev = month_key(next_month(month_start(pk), -1))
+            if prev in segment_membership:
+                res = build_outcomes(
+                    segment_membership[prev].collect(),
+                    require(customer_activity_monthly, pk, "customer_activity_monthly").collect(),
+                    churned_after_days=cfg.segments.lifecycle.churned_after_days,
+                    features_next=require(customer_features, pk, "customer_features").collect(),
+                )
+            else:
+                res = pl.DataFrame(schema=OUTCOME_SCHEMA)
             out[pk] = res
             context.add_asset_metadata(
-                {"dagster/row_count": res.height, "next_month_available": res.height > 0,
+                {"dagster/row_count": res.height, "segments_month": prev[:7], "previous_month_available": res.height > 0,
                  "outcomes": preview(res.select("scheme", "segment", "customers", pl.col("ordered_next").round(3),
                                                 pl.col("active_next").round(3), pl.col("ordered_lift").round(2)), 60)},
                 partition_key=pk,

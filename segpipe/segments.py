@@ -42,7 +42,7 @@ PROFILE_SCHEMA: dict[str, pl.DataType] = {
     **{f"median_{c}": pl.Float64() for c in PROFILE_FEATURES}, "playbook_action": pl.String(),
 }
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
-    "snapshot_month": pl.Date(), "scheme": pl.String(), "segment": pl.String(), "customers": pl.Int64(),
+    "snapshot_month": pl.Date(), "outcome_month": pl.Date(), "scheme": pl.String(), "segment": pl.String(), "customers": pl.Int64(),
     "ordered_next": pl.Float64(), "active_next": pl.Float64(), "revenue_next_per_customer": pl.Float64(),
     "churned_next": pl.Float64(), "ordered_lift": pl.Float64(), "active_lift": pl.Float64(),
     "revenue_lift": pl.Float64(),
@@ -201,6 +201,7 @@ def build_outcomes(membership: pl.DataFrame, next_month: pl.DataFrame | None, *,
              pl.col("churned").cast(pl.Float64).mean().alias("churned_next"))
         .with_columns(
             pl.lit(membership["snapshot_month"].first(), dtype=pl.Date).alias("snapshot_month"),
+            pl.lit(membership["snapshot_month"].first(), dtype=pl.Date).dt.offset_by("1mo").alias("outcome_month"),
             lift("ordered_next", "ordered").alias("ordered_lift"),
             lift("active_next", "active").alias("active_lift"),
             lift("revenue_next_per_customer", "revenue").alias("revenue_lift"),

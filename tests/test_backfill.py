@@ -60,7 +60,8 @@ def test_24_month_asset_backfill_with_the_daemon(tmp_path):
     # every month of every asset is in the lake; the cumulative state carried through all 24 months
     lake = tmp_path / "lake"
     for month in MONTHS:
-        for asset in ("customer_state", "customer_features", "segment_membership", "feature_drift", "segment_migration"):
+        for asset in ("customer_state", "customer_features", "segment_membership", "segment_outcomes", "feature_drift",
+                      "segment_migration"):
             assert asset_path(lake, asset, month).is_file(), f"{asset} {month} missing"
         assert asset_path(lake, "segment_report", month).with_suffix(".html").is_file()
     first = pl.read_parquet(asset_path(lake, "customer_features", MONTHS[0])).height

@@ -168,3 +168,19 @@ def test_several_sources_stitch_into_one_customer(tmp_path):
     for p in (tmp_path / "lake").rglob("*.parquet"):
         text = pl.read_parquet(p).write_ndjson()
         assert "@example.com" not in text.lower(), p
+
+
+def test_month_by_month_runs_complete_last_months_outcomes(orders_project):
+    """As the monthly schedule runs them (one month per run), February's run follows January's
+    segments into February: segment_outcomes of partition 2025-02 is complete without re-running
+    January, and the same as a single run over both months."""
+    lake = orders_project.parent / "lake"
+    assert _run(orders_project, "2025-01-01").success
+    assert pl.read_parquet(asset_path(lake, "segment_outcomes", "2025-01-01")).height == 0
+    assert _run(orders_project, "2025-02-01").success
+    stepwise = pl.read_parquet(asset_path(lake, "segment_outcomes", "2025-02-01"))
+    assert stepwise.height > 0 and stepwise["snapshot_month"].unique().to_list()[0].isoformat() == "2025-01-01"
+    rfm = stepwise.filter(pl.col("scheme") == "rfm")
+    assert rfm["customers"].sum() == pl.read_parquet(asset_path(lake, "segment_membership", "2025-01-01")).height
+    assert _run(orders_project, "2025-01-01", "2025-02-01").success
+    assert pl.read_parquet(asset_path(lake, "segment_outcomes", "2025-02-01")).equals(stepwise)

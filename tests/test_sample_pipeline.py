@@ -155,8 +155,10 @@ def test_outcomes_show_the_lapsing_archetype_lapses(sample_run):
     month = MONTHS[-2]
     gt = pl.read_parquet(root / "data" / "sample" / "ground_truth" / "customers.parquet")
     mem = _lake(root, "segment_membership", month).join(gt.select("customer_id", "archetype"), on="customer_id")
-    out = _lake(root, "segment_outcomes", month)
-    assert out.height > 0 and _lake(root, "segment_outcomes", MONTHS[-1]).height == 0  # last month: M+1 not built
+    out = _lake(root, "segment_outcomes", MONTHS[-1])  # the last month's partition follows the month before
+    assert out.height > 0 and _lake(root, "segment_outcomes", MONTHS[0]).height == 0  # first month: nothing to follow
+    assert out["snapshot_month"].unique().to_list() == [mem["snapshot_month"][0]]
+    assert out["outcome_month"].unique().to_list()[0].isoformat() == MONTHS[-1]
     # (the lifecycle stage of most lapsing customers is still 'retention' this early: they decay slowly)
     for scheme, col in (("cluster", "cluster_name"), ("rfm", "rfm_segment")):
         lapsing = mem.filter(pl.col("archetype") == "lapsing")[col].mode().sort().first()
