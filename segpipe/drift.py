@@ -29,7 +29,7 @@ from scipy.stats import chi2_contingency, wasserstein_distance
 
 from segpipe.clustering import ClusterModel
 from segpipe.config import DriftConfig
-from segpipe.segments import SCHEMES, clusterable
+from segpipe.segments import SCHEMES, clusterable, transitions
 
 EPS = 1e-4  # share given to an empty bin so that the logarithm stays finite
 OK, WARN, ALERT = "ok", "warn", "alert"
@@ -310,11 +310,9 @@ def migration_matrix(previous: pl.DataFrame | None, current: pl.DataFrame) -> pl
     prev = previous if previous is not None else current.clear()
     parts = []
     for scheme, col in SCHEMES.items():
-        joined = prev.select("customer_id", pl.col(col).fill_null(MISSING).alias("from_segment")).join(
-            current.select("customer_id", pl.col(col).fill_null(MISSING).alias("to_segment")),
-            on="customer_id", how="full", coalesce=True,
-        ).with_columns(pl.col("from_segment").fill_null(ENTERED), pl.col("to_segment").fill_null(EXITED))
-        counts = joined.group_by("from_segment", "to_segment").agg(pl.len().cast(pl.Int64).alias("customers"))
+        counts = transitions(prev.select("customer_id", pl.col(col).fill_null(MISSING).alias("segment")),
+                             current.select("customer_id", pl.col(col).fill_null(MISSING).alias("segment")),
+                             entered=ENTERED, exited=EXITED)
         parts.append(counts.with_columns(
             pl.lit(scheme).alias("scheme"),
             (pl.col("customers") / pl.col("customers").sum().over("from_segment")).alias("row_share"),

@@ -40,6 +40,8 @@ from typing import Any
 import altair as alt
 import polars as pl
 
+from segpipe.segments import transitions
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 #: Vendored JavaScript (file in ``segpipe/static``, npm package and version). Altair 6 writes
@@ -215,15 +217,10 @@ def migration_matrix(prev: pl.DataFrame, cur: pl.DataFrame) -> pl.DataFrame:
     """
     _require(prev, ["customer_id"], "previous segment_membership")
     _require(cur, ["customer_id"], "current segment_membership")
-    a = prev.select("customer_id", pl.col(_label(prev, "previous segment_membership")).cast(pl.String).alias("from_segment"))
-    b = cur.select("customer_id", pl.col(_label(cur, "current segment_membership")).cast(pl.String).alias("to_segment"))
-    return (
-        a.join(b, on="customer_id", how="full", coalesce=True)
-        .select(pl.col("from_segment").fill_null(ENTERED), pl.col("to_segment").fill_null(EXITED))
-        .group_by("from_segment", "to_segment")
-        .agg(pl.len().cast(pl.Int64).alias("customers"))
-        .sort(pl.col("from_segment") == ENTERED, "from_segment", pl.col("to_segment") == EXITED, "to_segment")
-    )
+    a = prev.select("customer_id", pl.col(_label(prev, "previous segment_membership")).alias("segment"))
+    b = cur.select("customer_id", pl.col(_label(cur, "current segment_membership")).alias("segment"))
+    return transitions(a, b, entered=ENTERED, exited=EXITED).sort(
+        pl.col("from_segment") == ENTERED, "from_segment", pl.col("to_segment") == EXITED, "to_segment")
 
 
 def migration_table(migration: pl.DataFrame) -> pl.DataFrame:

@@ -212,6 +212,19 @@ def build_outcomes(membership: pl.DataFrame, next_month: pl.DataFrame | None, *,
     )
 
 
+def transitions(previous: pl.DataFrame, current: pl.DataFrame, *, entered: str, exited: str) -> pl.DataFrame:
+    """``(from_segment, to_segment, customers)`` between two ``(customer_id, segment)`` frames:
+    ``entered`` for customers only in ``current``, ``exited`` for those only in ``previous``."""
+    a = previous.select("customer_id", pl.col("segment").cast(pl.String).alias("from_segment"))
+    b = current.select("customer_id", pl.col("segment").cast(pl.String).alias("to_segment"))
+    return (
+        a.join(b, on="customer_id", how="full", coalesce=True)
+        .select(pl.col("from_segment").fill_null(entered), pl.col("to_segment").fill_null(exited))
+        .group_by("from_segment", "to_segment")
+        .agg(pl.len().cast(pl.Int64).alias("customers"))
+    )
+
+
 def activation_export(membership: pl.DataFrame, scheme: str, playbook: dict[str, str]) -> pl.DataFrame:
     """Customer id, segment and action of one scheme, ready for an email or ads tool."""
     col = SCHEMES[scheme]
