@@ -2,7 +2,7 @@
 
 Each has a non-blocking asset check (WARN at the warn thresholds, ERROR at the alert ones): drift
 never stops publishing; an alert makes the drift sensor request a refit of the month
-(``schedules.drift_refit_sensor``). The model reference of a month is the snapshot its cluster
+(sensor ``drift_refit`` in ``schedules``). The model reference of a month is the snapshot its cluster
 model was fitted on (``segment_model.fitted_on``), read from the history input.
 """
 

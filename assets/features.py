@@ -13,6 +13,7 @@ from segpipe.features import (
     _state_schema,
     build_activity_daily,
     build_activity_monthly,
+    complete_monthly,
     build_features,
     daily_schema,
     feature_definitions,
@@ -157,7 +158,8 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         for pk in partitions_of(context):
             win = [daily[k] for k in daily_months(pk) if k in daily]
             last12 = month_range(month_key(next_month(month_start(pk), -11)), pk)
-            mon = [monthly_rollups[k] for k in last12 if k in monthly_rollups]
+            # rollups written by an older segpipe get the window counters from their daily rows
+            mon = [complete_monthly(monthly_rollups[k], daily.get(k), month=k) for k in last12 if k in monthly_rollups]
             feats = build_features(
                 require(customer_state, pk, "customer_state"),
                 pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec_)),

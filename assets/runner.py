@@ -56,6 +56,12 @@ def run_pipeline(config_file: str | Path, first: str, last: str, *, quiet_logs: 
         for check in result.get_asset_check_evaluations():
             if not check.passed:
                 level = "FAILED" if check.severity == dg.AssetCheckSeverity.ERROR else "warns"
-                print(f"  check {level}: {check.asset_key.to_user_string()} {check.check_name} "
-                      f"{check.metadata['not_ok'].value if 'not_ok' in check.metadata else ''}")
+                months = check.metadata["months"].value if "months" in check.metadata else {}
+                by_status: dict[str, list[str]] = {}
+                for month, status in sorted(months.items()):
+                    if status != "ok":
+                        by_status.setdefault(status, []).append(month[:7])
+                where = "; ".join(f"{status} in {', '.join(ms)}" for status, ms in sorted(by_status.items()))
+                print(f"  check {level}: {check.asset_key.to_user_string()} {check.check_name}"
+                      + (f" ({where}; details in the UI)" if where else ""))
     return result.success

@@ -143,6 +143,29 @@ MONTHLY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def _monthly_sums(daily: pl.LazyFrame) -> pl.LazyFrame:
+    return daily.group_by("customer_id").agg(
+        (pl.col("activity") > 0).sum().cast(pl.UInt32).alias("active_days"),
+        *[pl.col(c).sum().cast(pl.UInt32) for c in WINDOW_COUNTERS],
+    )
+
+
+def complete_monthly(monthly: pl.LazyFrame, daily: pl.LazyFrame | None, *, month: str) -> pl.LazyFrame:
+    """A monthly rollup with every column of :data:`MONTHLY_SCHEMA`. Rollups written before the
+    window counters existed get them from the month's daily rows (so an upgraded lake keeps
+    working without a rebuild); without those rows, a clear error says what to rebuild."""
+    have = monthly.collect_schema().names()
+    missing = [c for c in MONTHLY_SCHEMA if c not in have]
+    if not missing:
+        return monthly
+    if daily is None:
+        raise ValueError(f"customer_activity_monthly {month[:7]} lacks {missing} (written by an older segpipe) and "
+                         f"its daily rollup is missing too: rebuild the month (segpipe run --from {month[:7]} ...)")
+    return (monthly.select([c for c in have if c in MONTHLY_SCHEMA])
+            .join(_monthly_sums(daily), on="customer_id", how="left")
+            .select(list(MONTHLY_SCHEMA)).cast(MONTHLY_SCHEMA).sort("customer_id"))
+
+
 def build_activity_monthly(events: pl.LazyFrame, *, month: str, daily: pl.LazyFrame | None = None,
                            spec: FeaturesConfig | None = None) -> pl.LazyFrame:
     """Per customer active in ``month``: activity, order revenue by category, distinct features used,
@@ -150,10 +173,7 @@ def build_activity_monthly(events: pl.LazyFrame, *, month: str, daily: pl.LazyFr
     ``daily`` (:func:`build_activity_daily` of the month; built from ``events`` when omitted)."""
     if daily is None:
         daily = build_activity_daily(events, spec=spec or FeaturesConfig())
-    sums = daily.group_by("customer_id").agg(
-        (pl.col("activity") > 0).sum().cast(pl.UInt32).alias("active_days"),
-        *[pl.col(c).sum().cast(pl.UInt32) for c in WINDOW_COUNTERS],
-    )
+    sums = _monthly_sums(daily)
     is_order = pl.col("event_type") == "order"
     base = events.group_by("customer_id").agg(
         pl.len().cast(pl.UInt32).alias("events"),

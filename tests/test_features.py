@@ -317,3 +317,18 @@ def test_long_windows_from_monthly_blocks_equal_day_windows(sample_events):
         assert (share["app_share_90d"] - share["app_90"] / share["act_90"]).abs().max() < 1e-9
         disc = got.filter(pl.col("orders_365d") > 0)
         assert (disc["discount_share_365d"] - disc["disc_365"] / disc["orders_365d"]).abs().max() < 1e-9
+
+
+def test_monthly_rollups_of_an_older_lake_are_completed_from_their_daily_rows(sample_events):
+    """A lake written before the window counters existed keeps working after an upgrade: the missing
+    columns come from the month's daily rollup; without it, the error says what to rebuild."""
+    from segpipe.features import MONTHLY_SCHEMA, WINDOW_COUNTERS, complete_monthly
+
+    lazy = sample_events.lazy().filter(pl.col("event_time").dt.strftime("%Y-%m") == "2025-02")
+    daily = build_activity_daily(lazy, spec=SPEC)
+    new = build_activity_monthly(lazy, month="2025-02-01", daily=daily).collect()
+    old = new.drop("active_days", *WINDOW_COUNTERS)
+    assert complete_monthly(old.lazy(), daily, month="2025-02-01").collect().equals(new)
+    assert complete_monthly(new.lazy(), None, month="2025-02-01").collect().columns == list(MONTHLY_SCHEMA)
+    with pytest.raises(ValueError, match=r"customer_activity_monthly 2025-02 lacks .*rebuild the month"):
+        complete_monthly(old.lazy(), None, month="2025-02-01")
