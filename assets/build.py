@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.drift import build_drift_assets, drift_features
+from assets.drift import build_drift_assets
 from assets.features import build_feature_assets
 from assets.identity import build_identity_assets
 from assets.ingestion import build_ingestion_asset
@@ -35,7 +35,7 @@ def build_definitions(path: str | Path | None = None, *, executor: str | None = 
         raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {sorted(_EXECUTORS)}")
     schema = feature_schema(config.features)
     check_clustering_features(schema, config.segments.clustering.features)
-    check_drift_features(schema, *drift_features(config))
+    check_drift_features(schema, config.drift.features, config.drift.categorical)
     compile_rules(config.segments.rules, schema)  # unknown column -> ConfigError naming the rule
     assets = [
         *(build_ingestion_asset(config, s) for s in config.sources),

@@ -36,6 +36,7 @@ from segpipe.drift import (
     segment_shift,
     shift_psi,
     stay_rates,
+    worst,
 )
 from segpipe.timeutil import month_key, month_start, next_month
 
@@ -46,18 +47,6 @@ CENTROID_SHIFT_CHECK = "centroids_within_thresholds"
 REFIT_NEEDED = "refit_needed"
 
 _SEVERITY = {WARN: dg.AssetCheckSeverity.WARN, ALERT: dg.AssetCheckSeverity.ERROR}
-_RANK = {OK: 0, WARN: 1, ALERT: 2}
-
-
-def drift_features(config: SegpipeConfig) -> tuple[list[str], list[str]]:
-    """Numeric and categorical features watched for drift."""
-    return list(config.drift.features), list(config.drift.categorical)
-
-
-def worst(levels: list[str]) -> str:
-    return max(levels, key=_RANK.__getitem__, default=OK)
-
-
 def _check_result(check: str, asset: str, per_month: dict[str, str], detail: dict[str, str]) -> dg.AssetCheckResult:
     """One result for the months of the run: passes when every month is ok, else WARN or ERROR by
     the worst month."""
@@ -106,20 +95,31 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         cluster model was fitted on: PSI on the reference's quantile bins, normalised Wasserstein
         (numeric) or Jensen-Shannon (categorical) distance, chi-square significance, drifted flag."""
         cfg = segpipe.config()
-        numeric, categorical = drift_features(cfg)
+        numeric, categorical = cfg.drift.features, cfg.drift.categorical
         out, statuses, detail = {}, {}, {}
+        # each month is read once however many later months compare with it; months older than any
+        # comparison of the month at hand (13 months back, or the model's reference) are let go
+        snapshots: dict[str, pl.DataFrame] = {}
+
+        def snapshot(key: str) -> pl.DataFrame:
+            if key not in snapshots:
+                snapshots[key] = features_history[key].collect()
+            return snapshots[key]
+
         for pk in partitions_of(context):
-            cur = require(features_history, pk, "customer_features").collect()
+            require(features_history, pk, "customer_features")
             model = _model(segment_model, pk)
             year_key = month_key(next_month(month_start(pk), -12))
+            oldest = month_key(next_month(month_start(pk), -13))
+            for key in [k for k in snapshots if k < oldest and k != _fitted_key(model)]:
+                del snapshots[key]
             pairs = {"previous_month": (pk, _prev_key(pk)), "model_reference": (pk, _fitted_key(model)),
                      "last_year_change": (year_key, _prev_key(year_key))}
             parts = []
             for comparison, (ck, rk) in pairs.items():
                 if rk is None or rk not in features_history or ck not in features_history:
                     continue
-                current = cur if ck == pk else features_history[ck].collect()
-                ref = cur if rk == pk else features_history[rk].collect()
+                current, ref = snapshot(ck), snapshot(rk)
                 parts.append(feature_drift(current, ref, numeric, categorical, cfg.drift).with_columns(
                     pl.lit(month_start(pk).date()).alias("snapshot_month"), pl.lit(comparison).alias("comparison"),
                     pl.lit(month_start(rk).date()).alias("reference_month")))

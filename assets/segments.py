@@ -72,11 +72,20 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         prev_key = month_key(next_month(month_start(keys[0]), -1))
         prev = ClusterModel(previous_model[prev_key].collect()) if prev_key in previous_model else None
         forced = context.run.tags.get(REFIT_TAG) == "true"
+        labels_cfg, labels = cfg.validation_labels, None
+        if labels_cfg is not None:
+            labels_path = resolve(config.base_dir, labels_cfg.path)
+            if labels_path.is_file():
+                labels = pl.read_parquet(labels_path)  # once for the run, not per month
+            else:
+                context.log.warning(f"segments.clustering.validation_labels: {labels_path} not found; no ARI")
         out = {}
         for pk in keys:
             reason = _refit_reason(pk, first, prev, cfg.refit_months, forced and pk == keys[-1])
-            if reason:
+            feats = None
+            if reason or labels is not None:
                 feats = clusterable(require(customer_features, pk, "customer_features").collect())
+            if reason:
                 if feats.height >= 2 * cfg.k_max:
                     prev = with_rfm_thresholds(fit_cluster_model(feats, cfg, previous=prev), feats, segments_cfg)
                 elif prev is None:
@@ -86,16 +95,9 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             out[pk] = prev.frame
             m = prev.frame
             validation = {}
-            labels_cfg = cfg.validation_labels
-            if labels_cfg is not None and m.height:
-                labels_path = resolve(config.base_dir, labels_cfg.path)
-                if labels_path.is_file():
-                    feats = clusterable(require(customer_features, pk, "customer_features").collect())
-                    ari, n = adjusted_rand_against(prev, feats, pl.read_parquet(labels_path), labels_cfg.column,
-                                                   labels_cfg.only)
-                    validation = {"adjusted_rand_index": ari, "adjusted_rand_customers": n}
-                else:
-                    context.log.warning(f"segments.clustering.validation_labels: {labels_path} not found; no ARI")
+            if labels is not None and m.height:
+                ari, n = adjusted_rand_against(prev, feats, labels, labels_cfg.column, labels_cfg.only)
+                validation = {"adjusted_rand_index": ari, "adjusted_rand_customers": n}
             context.add_asset_metadata(
                 {
                     "refit": bool(reason), "reason": reason or "carried forward",

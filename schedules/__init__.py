@@ -63,25 +63,24 @@ def previous_month_key(when: dt.datetime) -> str:
 def build_schedules(jobs: list[dg.UnresolvedAssetJobDefinition]) -> list[dg.ScheduleDefinition]:
     refresh = next(j for j in jobs if j.name == REFRESH_JOB)
 
-    @dg.schedule(
-        name="monthly_refresh", job=refresh, cron_schedule=MONTHLY_CRON, execution_timezone="UTC",
-        description="02:00 UTC on the 1st: ingestion -> features -> all schemes -> drift for the month that "
-                    "just ended. Months that end a quarter are refreshed by quarterly_refit instead.",
-    )
-    def monthly_refresh(context: dg.ScheduleEvaluationContext):
-        pk = previous_month_key(context.scheduled_execution_time)
-        return dg.RunRequest(run_key=f"monthly:{pk}", partition_key=pk, tags={TRIGGER_TAG: "monthly_refresh"})
+    def month_end(name: str, cron: str, tags: dict[str, str], description: str) -> dg.ScheduleDefinition:
+        """A schedule requesting ``segpipe_refresh`` for the month that ended before each tick."""
 
-    @dg.schedule(
-        name="quarterly_refit", job=refresh, cron_schedule=QUARTERLY_CRON, execution_timezone="UTC",
-        description="02:00 UTC on 1 Jan/Apr/Jul/Oct: refresh the quarter's last month and refit the cluster "
-                    "model and RFM thresholds on its snapshot, then assign that month with the new model.",
-    )
-    def quarterly_refit(context: dg.ScheduleEvaluationContext):
-        pk = previous_month_key(context.scheduled_execution_time)
-        return dg.RunRequest(run_key=f"quarterly:{pk}", partition_key=pk,
-                             tags={REFIT_TAG: "true", TRIGGER_TAG: "quarterly_refit"})
+        @dg.schedule(name=name, job=refresh, cron_schedule=cron, execution_timezone="UTC", description=description)
+        def _schedule(context: dg.ScheduleEvaluationContext):
+            pk = previous_month_key(context.scheduled_execution_time)
+            return dg.RunRequest(run_key=f"{name}:{pk}", partition_key=pk, tags={**tags, TRIGGER_TAG: name})
 
+        return _schedule
+
+    monthly_refresh = month_end(
+        "monthly_refresh", MONTHLY_CRON, {},
+        "02:00 UTC on the 1st: ingestion -> features -> all schemes -> drift for the month that just ended. "
+        "Months that end a quarter are refreshed by quarterly_refit instead.")
+    quarterly_refit = month_end(
+        "quarterly_refit", QUARTERLY_CRON, {REFIT_TAG: "true"},
+        "02:00 UTC on 1 Jan/Apr/Jul/Oct: refresh the quarter's last month and refit the cluster model and RFM "
+        "thresholds on its snapshot, then assign that month with the new model.")
     return [monthly_refresh, quarterly_refit]
 
 

@@ -66,6 +66,11 @@ def psi(reference_shares: np.ndarray, current_shares: np.ndarray, *, eps: float 
     return float(np.sum((c - r) * np.log(c / r)))
 
 
+def _chi2_p(table: np.ndarray) -> float:
+    table = table[:, table.sum(axis=0) > 0]
+    return float(chi2_contingency(table).pvalue) if table.shape[1] > 1 and (table.sum(axis=1) > 0).all() else 1.0
+
+
 def normalized_wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     """Wasserstein (earth mover's) distance divided by the reference's standard deviation."""
     ref = np.asarray(reference, dtype=float)
@@ -78,14 +83,20 @@ def normalized_wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     return float(d / std) if std > 0 else (0.0 if d == 0 else float("inf"))
 
 
-def js_distance(reference: list, current: list) -> float:
-    """Jensen-Shannon distance (base 2, in [0, 1]) between two categorical samples."""
+def _category_counts(reference: list, current: list) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of each category (as text) in the two samples, over the union of categories."""
     cats = sorted({*map(str, reference), *map(str, current)})
-    if not cats:
-        return 0.0
     pos = {c: i for i, c in enumerate(cats)}
     r = np.bincount([pos[str(x)] for x in reference], minlength=len(cats)).astype(float)
     c = np.bincount([pos[str(x)] for x in current], minlength=len(cats)).astype(float)
+    return r, c
+
+
+def js_distance(reference: list, current: list) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between two categorical samples."""
+    r, c = _category_counts(reference, current)
+    if r.size == 0:
+        return 0.0
     if r.sum() == 0 or c.sum() == 0:
         return float("nan")
     return float(jensenshannon(r / r.sum(), c / c.sum(), base=2))
@@ -106,27 +117,22 @@ def numeric_drift(reference: np.ndarray, current: np.ndarray, *, bins: int = 10)
     c_count, c_share = bin_shares(current, edges)
     if c_count.sum() == 0 or r_count.sum() == 0:
         return NumericDrift(float("nan"), float("nan"), float("nan"), len(edges) + 1)
-    table = np.vstack([r_count, c_count])
-    table = table[:, table.sum(axis=0) > 0]
     # two-sample test: the reference is a sample too, not the truth
-    p = float(chi2_contingency(table).pvalue) if table.shape[1] > 1 else 1.0
+    p = _chi2_p(np.vstack([r_count, c_count]))
     return NumericDrift(psi(r_share, c_share), normalized_wasserstein(reference, current), p, len(edges) + 1)
-
-
-def _chi2_p(table: np.ndarray) -> float:
-    table = table[:, table.sum(axis=0) > 0]
-    return float(chi2_contingency(table).pvalue) if table.shape[1] > 1 and (table.sum(axis=1) > 0).all() else 1.0
 
 
 def categorical_drift(reference: list, current: list) -> tuple[float, float, float]:
     """PSI over categories, Jensen-Shannon distance and the chi-square p-value of two samples."""
-    cats = sorted({*map(str, reference), *map(str, current)})
-    if not cats or not reference or not current:
+    if not reference or not current:
         return float("nan"), float("nan"), float("nan")
-    pos = {c: i for i, c in enumerate(cats)}
-    r = np.bincount([pos[str(x)] for x in reference], minlength=len(cats)).astype(float)
-    c = np.bincount([pos[str(x)] for x in current], minlength=len(cats)).astype(float)
-    return psi(r / r.sum(), c / c.sum()), float(jensenshannon(r / r.sum(), c / c.sum(), base=2)), _chi2_p(np.vstack([r, c]))
+    r, c = _category_counts(reference, current)
+    return psi(r / r.sum(), c / c.sum()), js_distance(reference, current), _chi2_p(np.vstack([r, c]))
+
+
+def worst(levels) -> str:
+    """The most severe of ``ok``/``warn``/``alert`` levels (``ok`` for none)."""
+    return max(levels, key=(OK, WARN, ALERT).index, default=OK)
 
 
 def level(value: float, warn: float, alert: float) -> str:
@@ -203,9 +209,6 @@ def drift_status(table: pl.DataFrame, cfg: DriftConfig) -> dict[str, dict]:
             "status": level(share, cfg.warn_share, cfg.dataset_drift_share),
         }
     return out
-
-
-COMPARISONS = ("previous_month", "model_reference", "last_year_change")
 
 
 def month_status(summary: dict[str, dict], *, in_warmup: bool) -> tuple[str, str]:
@@ -377,6 +380,6 @@ def centroid_shift(features: pl.DataFrame, model: ClusterModel, cfg: DriftConfig
     return pl.DataFrame(rows).with_columns(
         pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
         pl.lit(m["fitted_on"][0], dtype=pl.Date).alias("fitted_on"),
-        pl.col("shift").map_elements(lambda v: level(v, cfg.centroid_warn, cfg.centroid_alert),
-                                     return_dtype=pl.String).alias("level"),
+        pl.when(pl.col("shift") >= cfg.centroid_alert).then(pl.lit(ALERT))
+        .when(pl.col("shift") >= cfg.centroid_warn).then(pl.lit(WARN)).otherwise(pl.lit(OK)).alias("level"),
     ).select(list(CENTROID_SHIFT_SCHEMA)).cast(CENTROID_SHIFT_SCHEMA)

@@ -43,13 +43,18 @@ DAILY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def cents(expr: pl.Expr) -> pl.Expr:
+    """Money amounts as whole cents (Int64), so that sums are exact whatever their order."""
+    return (expr * 100).round(0).cast(pl.Int64)
+
+
 def money_sum(expr: pl.Expr) -> pl.Expr:
     """Sum of money amounts in whole cents (exact integer arithmetic), back in currency units.
 
     Float sums depend on summation order in their last bits, which the streaming engine does not
     fix; summing integer cents makes every re-run byte-identical. Amounts are rounded to cents.
     """
-    return (expr * 100).round(0).cast(pl.Int64).sum().cast(pl.Float64) / 100
+    return cents(expr).sum().cast(pl.Float64) / 100
 
 
 def _seasonal_columns(spec: FeaturesConfig) -> list[str]:
@@ -260,10 +265,17 @@ def drop_idle_anonymous(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: s
     more than ``spec.anonymous_retention_days`` at the end of ``month``."""
     if spec.anonymous_retention_days is None:
         return frame
-    gone = pl.lit(next_month(month_start(month)) - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
     anon = identity.filter(pl.col("identity") == "anonymous").select("customer_id", pl.lit(True).alias("__anon"))
     return (frame.join(anon, on="customer_id", how="left")
-            .filter(~(pl.col("__anon").fill_null(False) & (pl.col("last_seen") < gone))).drop("__anon"))
+            .filter(~idle_anonymous(pl.col("__anon").fill_null(False), month=month, spec=spec)).drop("__anon"))
+
+
+def idle_anonymous(is_anonymous: pl.Expr, *, month: str, spec: FeaturesConfig) -> pl.Expr:
+    """True for anonymous visitors whose ``last_seen`` is more than
+    ``spec.anonymous_retention_days`` before the end of ``month``."""
+    assert spec.anonymous_retention_days is not None
+    gone = pl.lit(next_month(month_start(month)) - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
+    return is_anonymous & (pl.col("last_seen") < gone)
 
 
 def update_customer_state(
@@ -537,7 +549,7 @@ def build_features(
           for c in counters])
     blocks = pl.concat([month_rows, day_rows], how="vertical").with_columns(
         pl.col("day").dt.truncate("1mo").alias("__first"))
-    blocks = blocks.with_columns((pl.col("revenue") * 100).round(0).cast(pl.Int64).alias("cents"))
+    blocks = blocks.with_columns(cents(pl.col("revenue")).alias("cents"))
 
     def window(days: int, cols: dict[str, str]) -> pl.LazyFrame:
         """Plain sums of ``cols`` (source -> output name) over the rows inside the ``days`` window."""
@@ -577,7 +589,7 @@ def build_features(
     cats = (
         mon.select("customer_id", "category_revenue").explode("category_revenue").unnest("category_revenue")
         .drop_nulls("category")
-        .group_by("customer_id", "category").agg((pl.col("revenue") * 100).round(0).cast(pl.Int64).sum().alias("cents"))
+        .group_by("customer_id", "category").agg(cents(pl.col("revenue")).sum().alias("cents"))
         .with_columns(pl.col("cents").cast(pl.Float64).truediv(100).alias("revenue"),
                       # integer cents: the total does not depend on summation order, so re-runs match
                       (pl.col("cents") / pl.col("cents").sum().over("customer_id")).alias("share"))
@@ -597,9 +609,9 @@ def build_features(
         return rate(col, "activity_90d")
 
     people = state.join(identity, on="customer_id", how="left")
-    if spec.anonymous_retention_days is not None:
-        gone = pl.lit(end_dt - dt.timedelta(days=spec.anonymous_retention_days), dtype=_TS)
-        people = people.filter(~(pl.col("identity").fill_null("anonymous").eq("anonymous") & (pl.col("last_seen") < gone)))
+    if spec.anonymous_retention_days is not None:  # customers without an identity count as anonymous here
+        people = people.filter(~idle_anonymous(pl.col("identity").fill_null("anonymous").eq("anonymous"),
+                                               month=month, spec=spec))
     f = (
         people.join(win, on="customer_id", how="left")
         .join(months, on="customer_id", how="left")
