@@ -10,22 +10,27 @@ from segpipe.config import SegpipeConfig
 from segpipe.features import (
     FEATURES,
     MONTHLY_SCHEMA,
+    ROLLING_DESCRIPTIONS,
+    ROLLING_SCHEMA,
     _state_schema,
     build_activity_daily,
     build_activity_monthly,
-    complete_monthly,
     build_features,
+    complete_monthly,
+    daily_months,
     daily_schema,
     feature_definitions,
     feature_schema,
+    leaving_months,
+    monthly_months,
     update_customer_state,
-    daily_months,
 )
 from segpipe.identity import IDENTITY_KINDS, customer_identity
 from segpipe.timeutil import month_key, month_range, month_start, next_month
 
 LAST_13_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-12, end_offset=0, allow_nonexistent_upstream_partitions=True)
-LAST_12_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-11, end_offset=0, allow_nonexistent_upstream_partitions=True)
+#: the months the 90-day window touches (3 or 4)
+LAST_4_MONTHS = dg.TimeWindowPartitionMapping(start_offset=-3, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
 _ROLLUP_DESCRIPTIONS = {
     "discount_orders": "Orders with a discount code.", "app_events": "Product/app events.",
@@ -94,20 +99,24 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         **common,
         ins={
             "previous_state": dg.AssetIn("customer_state", partition_mapping=PREVIOUS_MONTH),
-            "customer_activity_daily": dg.AssetIn("customer_activity_daily"),
-            "customer_activity_monthly": dg.AssetIn("customer_activity_monthly"),
+            # this month's rollups, and the months leaving the running sums (M-12, M-6; all 12 when
+            # the previous state predates the running sums). Loaded lazily: only those are read.
+            "customer_activity_daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
+            "customer_activity_monthly": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_13_MONTHS),
             "identity_map": dg.AssetIn("identity_map"),
         },
         metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
-            **_ROLLUP_DESCRIPTIONS, "orders": "Orders so far.", "revenue": "Order revenue so far.",
+            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "orders": "Orders so far.", "revenue": "Order revenue so far.",
             "invites": "Invites sent so far.", "features_used": "Distinct features used so far."})},
     )
     def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
                        previous_state: dict[str, pl.LazyFrame], customer_activity_daily: dict[str, pl.LazyFrame],
                        customer_activity_monthly: dict[str, pl.LazyFrame], identity_map: dict[str, pl.LazyFrame]):
-        """Cumulative lifetime state per customer (first/last times, orders, purchase days, revenue,
-        journey markers): the previous month's state merged with this month's rollups. Anonymous
-        visitors idle for longer than features.anonymous_retention_days are dropped."""
+        """Cumulative state per customer: lifetime aggregates (first/last times, orders, purchase
+        days, revenue, journey markers) and running 6- and 12-month sums (orders, revenue, active
+        months, category spend), the previous month's state plus this month's rollups less the
+        months leaving the sums. Ids merged into another customer by identity stitching, and
+        anonymous visitors idle for longer than features.anonymous_retention_days, are dropped."""
         keys = partitions_of(context)
         first_partition = monthly.get_first_partition_key()
         prev_key = month_key(next_month(month_start(keys[0]), -1))
@@ -121,12 +130,23 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 f"{first_partition[:7]} up to {keys[0][:7]} (it accumulates month by month)")
         out = {}
         for pk in keys:
+            if prev is None or all(c in prev.columns for c in ROLLING_SCHEMA):
+                wanted = leaving_months(pk)
+            else:  # upgrade: a state written before the running sums existed gets them from 12 months of rollups
+                wanted = month_range(month_key(next_month(month_start(pk), -12)), month_key(next_month(month_start(pk), -1)))
+            history = [complete_monthly(customer_activity_monthly[k], customer_activity_daily.get(k), month=k)
+                       for k in wanted if k >= first_partition]
+            missing = [k[:7] for k in wanted if k >= first_partition and k not in customer_activity_monthly]
+            if missing:
+                raise FileNotFoundError(f"customer_activity_monthly {', '.join(missing)} is missing: customer_state "
+                                        f"{pk[:7]} subtracts it from the running sums; materialize it first")
             state = update_customer_state(
                 prev.lazy() if prev is not None else None,
                 require(customer_activity_daily, pk, "customer_activity_daily"),
                 require(customer_activity_monthly, pk, "customer_activity_monthly"),
                 spec=segpipe.config().features,
                 identity=customer_identity(require(identity_map, pk, "identity_map")), month=pk,
+                history=pl.concat(history) if history else None,
             ).collect()
             out[pk] = prev = state
             context.add_asset_metadata(
@@ -139,7 +159,7 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         ins={
             "customer_state": dg.AssetIn("customer_state"),
             "daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
-            "monthly_rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_12_MONTHS),
+            "monthly_rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_4_MONTHS),
             "identity_map": dg.AssetIn("identity_map"),
         },
         metadata={"dagster/column_schema": column_schema(feature_schema(spec), feature_definitions(spec)),
@@ -157,9 +177,9 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         out = {}
         for pk in partitions_of(context):
             win = [daily[k] for k in daily_months(pk) if k in daily]
-            last12 = month_range(month_key(next_month(month_start(pk), -11)), pk)
             # rollups written by an older segpipe get the window counters from their daily rows
-            mon = [complete_monthly(monthly_rollups[k], daily.get(k), month=k) for k in last12 if k in monthly_rollups]
+            mon = [complete_monthly(monthly_rollups[k], daily.get(k), month=k) for k in monthly_months(pk)
+                   if k in monthly_rollups]
             feats = build_features(
                 require(customer_state, pk, "customer_state"),
                 pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec_)),

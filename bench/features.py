@@ -9,8 +9,10 @@ Not a test: it prints figures and ratios. For each size (customers x months) it
    ``ingest_source`` per source -> ``identity_links`` -> ``build_identity_map`` (cumulative over the
    months <= M, as the ``identity_map`` asset does) -> ``stitch_events`` -> ``behavioral_events``,
 3. times the **rollup stage** (``build_activity_daily`` + ``build_activity_monthly``) and the
-   **snapshot stage** (``update_customer_state`` from the previous month's state +
-   ``build_features`` over the daily rows of ``daily_months(M)`` and the last 12 monthly rollups,
+   **snapshot stage** (``update_customer_state`` from the previous month's state, the month's
+   rollups and the rollups leaving the running sums (``leaving_months(M)``) +
+   ``build_features`` over the daily rows of ``daily_months(M)`` and the monthly rollups of
+   ``monthly_months(M)``,
    with ``customer_identity`` of the month's identity map) for every month, each reading its inputs
    from disk and writing its outputs like the assets in ``assets/features.py``,
 4. re-times the refresh of the first, 13th and last month alone (rollup + snapshot, inputs on disk,
@@ -66,9 +68,11 @@ from segpipe.features import (  # noqa: E402
     build_activity_daily,
     build_activity_monthly,
     build_features,
-    daily_schema,
-    update_customer_state,
     daily_months,
+    daily_schema,
+    leaving_months,
+    monthly_months,
+    update_customer_state,
 )
 from segpipe.identity import build_identity_map, customer_identity, identity_links, stitch_events  # noqa: E402
 from segpipe.ingest import ingest_source  # noqa: E402
@@ -285,17 +289,20 @@ def snapshot(lake: Path, pk: str, first: str, spec, out: Path) -> Timer:
 
     t = Timer()
     prev_key = month_key(next_month(month_start(pk), -1))
+    leaving = [pl.scan_parquet(src("customer_activity_monthly", k)) for k in leaving_months(pk)
+               if src("customer_activity_monthly", k).is_file()]
     with t("update_customer_state"):
         prev = None if pk == first else pl.scan_parquet(src("customer_state", prev_key)).collect().lazy()
         state = update_customer_state(
             prev, pl.scan_parquet(src("customer_activity_daily", pk)), pl.scan_parquet(src("customer_activity_monthly", pk)),
             spec=spec, identity=customer_identity(pl.scan_parquet(asset_path(lake, "identity_map", pk))), month=pk,
+            history=pl.concat(leaving) if leaving else None,
         ).collect()
     with t("write"):
         write_parquet_atomic(state, asset_path(out, "customer_state", pk))
     win = [pl.scan_parquet(src("customer_activity_daily", k)) for k in daily_months(pk) if src("customer_activity_daily", k).is_file()]
-    last12 = month_range(month_key(next_month(month_start(pk), -11)), pk)
-    mon = [pl.scan_parquet(src("customer_activity_monthly", k)) for k in last12 if src("customer_activity_monthly", k).is_file()]
+    mon = [pl.scan_parquet(src("customer_activity_monthly", k)) for k in monthly_months(pk)
+           if src("customer_activity_monthly", k).is_file()]
     with t("build_features"):
         feats = build_features(
             pl.scan_parquet(asset_path(out, "customer_state", pk)),

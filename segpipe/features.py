@@ -10,10 +10,12 @@ rescan of history:
 * :func:`update_customer_state` — cumulative lifetime state: the previous month's state merged with
   the month's daily rows.
 
-:func:`build_features` joins the state with the daily rows of the months a 365-day window touches
-and the monthly rows of the last 12 months. A snapshot for month M is "as of the end of M": windows
-of N days cover the UTC days ``[end - N days, end)`` where ``end`` is the first day of M+1. Features
-marked *month-granular* in :data:`FEATURE_DEFINITIONS` count whole calendar months.
+:func:`build_features` joins the state with the daily rows of the last two months and of the
+first months of the 90/180/365-day windows, and the monthly rows of the months the 90-day window
+touches; the state carries running 6- and 12-month sums for the rest. A snapshot for month M is
+"as of the end of M": windows of N days cover the UTC days ``[end - N days, end)`` where ``end`` is
+the first day of M+1. Features marked *month-granular* in :data:`FEATURE_DEFINITIONS` count whole
+calendar months.
 """
 
 from __future__ import annotations
@@ -219,8 +221,110 @@ STATE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+#: Running sums over the last months, kept in the state so a snapshot reads a few monthly rollups,
+#: not 12: column -> (monthly quantity, months M-n+1..M summed). ``cents`` is order revenue in
+#: integer cents (exact under the add-and-subtract updates), ``active`` a month with any activity.
+ROLLING_SPANS: dict[str, tuple[str, int]] = {
+    "orders_12m": ("orders", 12), "cents_12m": ("cents", 12), "discount_orders_12m": ("discount_orders", 12),
+    "cents_6m": ("cents", 6), "active_months_12m": ("active", 12), "active_months_6m": ("active", 6),
+}
+ROLLING_DESCRIPTIONS: dict[str, str] = {
+    "orders_12m": "Orders in the 12 months up to this one (running sum).",
+    "cents_12m": "Order revenue in integer cents, 12 months up to this one (running sum).",
+    "discount_orders_12m": "Orders with a discount code, 12 months up to this one (running sum).",
+    "cents_6m": "Order revenue in integer cents, 6 months up to this one (running sum).",
+    "active_months_12m": "Months with any activity among the 12 up to this one (running sum).",
+    "active_months_6m": "Months with any activity among the 6 up to this one (running sum).",
+    "category_12m": "Orders and revenue (cents) per category, 12 months up to this one (running sum).",
+}
+_CATEGORY_12M = pl.List(pl.Struct({"category": pl.String(), "orders": pl.Int64(), "cents": pl.Int64()}))
+ROLLING_SCHEMA: dict[str, pl.DataType] = {**{c: pl.Int64() for c in ROLLING_SPANS}, "category_12m": _CATEGORY_12M}
+#: Months whose rollups leave the running sums when month M comes in (M-12 and M-6).
+LEAVING_OFFSETS = tuple(sorted({n for _, n in ROLLING_SPANS.values()}, reverse=True))
+
+
 def _state_schema(spec: FeaturesConfig) -> dict[str, pl.DataType]:
-    return {**STATE_SCHEMA, **{c: pl.Int64() for c in _seasonal_columns(spec)}}
+    return {**STATE_SCHEMA, **{c: pl.Int64() for c in _seasonal_columns(spec)}, **ROLLING_SCHEMA}
+
+
+def leaving_months(month: str) -> list[str]:
+    """Partition keys of the monthly rollups :func:`update_customer_state` subtracts for ``month``."""
+    return [next_month(month_start(month), -n).strftime("%Y-%m-%d") for n in LEAVING_OFFSETS]
+
+
+def _month_quantities(monthly: pl.LazyFrame) -> pl.LazyFrame:
+    """``customer_id, month`` and the quantities the running sums add up, from monthly rollups."""
+    return monthly.select(
+        "customer_id", "month", pl.col("orders").cast(pl.Int64), cents(pl.col("revenue")).alias("cents"),
+        pl.col("discount_orders").cast(pl.Int64), (pl.col("activity") > 0).cast(pl.Int64).alias("active"),
+    )
+
+
+def _month_categories(monthly: pl.LazyFrame) -> pl.LazyFrame:
+    """``customer_id, month, category, orders, cents`` from the rollups' category lists."""
+    return (monthly.select("customer_id", "month", "category_revenue").explode("category_revenue")
+            .unnest("category_revenue").drop_nulls("category")
+            .select("customer_id", "month", "category", pl.col("orders").cast(pl.Int64),
+                    cents(pl.col("revenue")).alias("cents")))
+
+
+def _rolling(parts: list[pl.LazyFrame], cats: list[pl.LazyFrame]) -> pl.LazyFrame:
+    """Sum signed running-sum rows per customer (columns of :data:`ROLLING_SPANS`) and signed
+    category rows per customer and category into :data:`ROLLING_SCHEMA` columns."""
+    sums = pl.concat(parts, how="vertical").group_by("customer_id").agg(pl.col(list(ROLLING_SPANS)).sum())
+    cat = (pl.concat(cats, how="vertical").group_by("customer_id", "category").agg(pl.col("orders", "cents").sum())
+           .filter(pl.col("orders") > 0).sort("customer_id", "category")
+           .group_by("customer_id", maintain_order=True)
+           .agg(pl.struct("category", "orders", "cents").alias("category_12m")))
+    return sums.join(cat, on="customer_id", how="full", coalesce=True)
+
+
+def _span_rows(q: pl.LazyFrame, weight) -> pl.LazyFrame:
+    """Running-sum rows from month quantities ``q``: each column of :data:`ROLLING_SPANS` gets its
+    quantity times ``weight(n)`` (a number or an expression, ``n`` the span's months)."""
+    return q.select("customer_id", *[(pl.col(src) * weight(n)).cast(pl.Int64).alias(col)
+                                     for col, (src, n) in ROLLING_SPANS.items()])
+
+
+def rolling_from_monthly(monthly: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
+    """The running sums as of the end of ``month`` straight from the monthly rollups (of at least
+    the 12 months up to ``month``): the from-scratch build, and the upgrade of a state written before
+    the running sums existed."""
+    m = month_start(month)
+    rows = monthly.filter((pl.col("month") <= m.date()) & (pl.col("month") >= next_month(m, -11).date()))
+    inside = {n: next_month(m, -n + 1).date() for _, n in ROLLING_SPANS.values()}
+    return _rolling([_span_rows(_month_quantities(rows), lambda n: (pl.col("month") >= inside[n]).cast(pl.Int64))],
+                    [_month_categories(rows).drop("month")])
+
+
+def _update_rolling(previous: pl.LazyFrame, monthly: pl.LazyFrame, history: pl.LazyFrame | None,
+                    *, month: str) -> pl.LazyFrame:
+    """Running sums after ``month``: ``previous`` state's sums, plus the month's rollup, minus the
+    rollups of the months leaving each span (M-12, M-6, from ``history``). A customer's leaving
+    month counts only if it is not before the month of its ``first_seen``: an anonymous visitor
+    that left the state and came back started over."""
+    m = month_start(month)
+    have = previous.collect_schema().names()
+    if all(c in have for c in ROLLING_SCHEMA):
+        prev = previous.select("customer_id", *ROLLING_SCHEMA)
+    else:  # a state written before the running sums existed: rebuild them from the rollups
+        if history is None:
+            raise ValueError(f"customer_state before {month[:7]} lacks the running sums (written by an older segpipe): "
+                             "pass the monthly rollups of the 12 months before")
+        prev = rolling_from_monthly(history, month=next_month(m, -1).strftime("%Y-%m-%d")).join(
+            previous.select("customer_id"), on="customer_id", how="semi")
+    parts = [prev.select("customer_id", *ROLLING_SPANS), _span_rows(_month_quantities(monthly), lambda n: 1)]
+    cats = [prev.select("customer_id", "category_12m").explode("category_12m").unnest("category_12m").drop_nulls("category"),
+            _month_categories(monthly).drop("month")]
+    if history is not None:
+        since = previous.select("customer_id", pl.col("first_seen").dt.truncate("1mo").dt.date().alias("__since"))
+        for k in LEAVING_OFFSETS:
+            gone = history.filter(pl.col("month") == next_month(m, -k).date())
+            gone = gone.join(since, on="customer_id", how="inner").filter(pl.col("month") >= pl.col("__since"))
+            parts.append(_span_rows(_month_quantities(gone), lambda n, k=k: -1 if n == k else 0))
+            if k == 12:
+                cats.append(_month_categories(gone).drop("month").with_columns(-pl.col("orders"), -pl.col("cents")))
+    return _rolling(parts, cats)
 
 
 def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
@@ -280,21 +384,37 @@ def idle_anonymous(is_anonymous: pl.Expr, *, month: str, spec: FeaturesConfig) -
 
 def update_customer_state(
     previous: pl.LazyFrame | None, daily: pl.LazyFrame, monthly: pl.LazyFrame, *, spec: FeaturesConfig,
-    identity: pl.LazyFrame | None = None, month: str | None = None,
+    identity: pl.LazyFrame | None = None, month: str | None = None, history: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
-    """Lifetime state after the given month(s): ``previous`` state merged with the new daily and
-    monthly rows. ``previous=None`` builds the state from scratch (the rows may span many months).
+    """State after ``month``: the ``previous`` month's state merged with the month's daily and
+    monthly rows. ``previous=None`` builds the state from scratch (the rows may span many months;
+    ``month`` defaults to the last of them).
+
+    The state holds lifetime aggregates and the running sums of :data:`ROLLING_SCHEMA` (last 12
+    and 6 months). With a ``previous`` state, ``history`` gives the monthly rollups leaving the
+    running sums (:func:`leaving_months`); a previous state written before the running sums
+    existed needs the 12 monthly rollups before ``month`` there instead.
 
     With ``identity`` (:func:`segpipe.identity.customer_identity` of ``month``) the previous state
-    first loses the anonymous visitors idle for more than ``spec.anonymous_retention_days``: they
-    are not in the snapshots any more, and one that returns starts over."""
+    first loses the ids that are no longer in the identity map (identity stitching merged them into
+    another customer) and the anonymous visitors idle for more than
+    ``spec.anonymous_retention_days``: they are not in the snapshots any more, and one that returns
+    starts over."""
     schema = _state_schema(spec)
+    lifetime = [c for c in schema if c not in ROLLING_SCHEMA]
     cur = _month_state(daily, monthly, spec)
     if previous is None:
-        return cur.select(list(schema)).cast(schema).sort("customer_id")
-    if identity is not None and month is not None:
+        last = month or monthly.select(pl.col("month").max()).collect().item().strftime("%Y-%m-%d")
+        roll = rolling_from_monthly(monthly, month=last)
+        return _with_rolling(cur.select(lifetime), roll, schema)
+    if month is None:
+        raise ValueError("update_customer_state: month is required with a previous state")
+    if identity is not None:
+        # ids identity stitching has merged into another customer are no customers any more
+        previous = previous.join(identity.select("customer_id"), on="customer_id", how="semi")
         previous = drop_idle_anonymous(previous, identity, month=month, spec=spec)
-    p = previous.select(list(schema))
+    roll = _update_rolling(previous, monthly, history, month=month)
+    p = previous.select(lifetime)
     j = p.join(cur, on="customer_id", how="full", coalesce=True, suffix="_new")
 
     def earliest(c: str) -> pl.Expr:
@@ -323,7 +443,14 @@ def update_customer_state(
         .list.unique().list.sort().alias("features_used"),
         *[total(c) for c in _seasonal_columns(spec)],
     )
-    return merged.select(list(schema)).cast(schema).sort("customer_id")
+    return _with_rolling(merged, roll, schema)
+
+
+def _with_rolling(lifetime: pl.LazyFrame, rolling: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    return (lifetime.join(rolling, on="customer_id", how="left")
+            .with_columns(pl.col(list(ROLLING_SPANS)).fill_null(0),
+                          pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)))
+            .select(list(schema)).cast(schema).sort("customer_id"))
 
 
 # -- snapshot features ---------------------------------------------------------------------------
@@ -465,6 +592,12 @@ def daily_months(month: str) -> list[str]:
     return sorted(keys)
 
 
+def monthly_months(month: str) -> list[str]:
+    """Partition keys of the monthly rollups :func:`build_features` reads for ``month``: the months
+    the 90-day window touches (longer windows come from the state's running sums)."""
+    return window_months(month, 90)
+
+
 def window_months(month: str, days: int = 365) -> list[str]:
     """Partition keys of the months a ``days`` window ending with ``month`` touches."""
     end = next_month(month_start(month))
@@ -489,11 +622,13 @@ def build_features(
     daily : LazyFrame
         :func:`build_activity_daily` rows of (at least) the months :func:`daily_months` names.
     monthly : LazyFrame
-        :func:`build_activity_monthly` rows of (at least) the last 12 months.
+        :func:`build_activity_monthly` rows of (at least) the months :func:`monthly_months` names.
 
-    Windows up to 30 days sum day rows; windows of 90 days and more sum the monthly rollups of the
-    months wholly inside them plus the day rows of their partial first month, so they stay exact
-    to the day while reading about 4 months of day rows instead of 13.
+    Windows up to 30 days sum day rows. The 90-day window sums the monthly rollups of the months
+    wholly inside it plus the day rows of its partial first month; the 180- and 365-day windows and
+    the month-granular features (active months, category shares) come from the state's running
+    sums, less the days of the window's first month before the window starts. All stay exact to
+    the day while a snapshot reads at most 4 monthly rollups and 5 months of day rows.
     identity : LazyFrame
         :func:`segpipe.identity.customer_identity` of the month.
     """
@@ -530,66 +665,62 @@ def build_features(
         s("product_views", 30).alias("product_views_30d"),
         days_with(pl.col("product_views") > 0, 30).alias("product_view_days_30d"),
     )
-    # Windows of 90 days and more: whole months inside the window from the monthly rollups, plus the
-    # day rows of the window's partial first month (exact day windows, ~4 months of day rows read
-    # instead of 13).
+    # 90 days: the monthly rollups of the whole months inside the window plus the day rows of its
+    # partial first month (only its days inside the window).
     counters = ["orders", "revenue", "activity", "active_days", *WINDOW_COUNTERS]
-    month_rows = monthly.filter(pl.col("month") <= start.date()).select(
-        "customer_id", pl.col("month").alias("day"), pl.lit(True).alias("__block"),
-        *[pl.col(c).cast(pl.Float64 if c == "revenue" else pl.Int64) for c in counters])
-    # only the days of each partial first month that are inside its window are ever summed
-    edges = [end - dt.timedelta(days=n) for n in LONG_WINDOW_DAYS]
-    wanted = pl.lit(False)
-    for e in edges:
-        if e.day != 1:
-            wanted = wanted | ((pl.col("day") >= e) & (pl.col("day") < next_month(dt.datetime(e.year, e.month, 1)).date()))
-    day_rows = daily.filter(wanted & (pl.col("day") < end)).select(
-        "customer_id", "day", pl.lit(False).alias("__block"),
+    cut90 = end - dt.timedelta(days=90)
+    first90 = month_start(cut90).date()
+    month_rows = monthly.filter((pl.col("month") <= start.date()) & (pl.col("month") >= cut90)).select(
+        "customer_id", *[pl.col(c).cast(pl.Float64 if c == "revenue" else pl.Int64) for c in counters])
+    partial = cut90 > first90  # else the window starts on the 1st and that month is a whole block
+    day_rows = daily.filter((pl.col("day") >= cut90) & (pl.col("day") < next_month(month_start(cut90)).date())
+                            & pl.lit(partial)).select(
+        "customer_id",
         *[(active if c == "active_days" else pl.col(c)).cast(pl.Float64 if c == "revenue" else pl.Int64).alias(c)
           for c in counters])
-    blocks = pl.concat([month_rows, day_rows], how="vertical").with_columns(
-        pl.col("day").dt.truncate("1mo").alias("__first"))
-    blocks = blocks.with_columns(cents(pl.col("revenue")).alias("cents"))
-
-    def window(days: int, cols: dict[str, str]) -> pl.LazyFrame:
-        """Plain sums of ``cols`` (source -> output name) over the rows inside the ``days`` window."""
-        cut = end - dt.timedelta(days=days)
-        inside = (pl.col("day") >= cut) & (pl.col("__block") | (pl.col("__first") < pl.lit(cut)))
-        return blocks.filter(inside).group_by("customer_id").agg(
-            pl.col(src).sum().cast(pl.Int64).alias(out) for src, out in cols.items())
-
-    w90 = window(90, {
+    w90_cols = {
         "orders": "orders_90d", "cents": "cents_90d", "active_days": "active_days_90d", "logins": "logins_90d",
         "invites": "invites_90d", "upgrades": "upgrades_90d", "activity": "activity_90d",
         "weekend_activity": "weekend_90d", **{f"{p}_activity": f"{p}_90d" for p in PARTS_OF_DAY},
         **{f"{c}_activity": f"{c}_90d" for c in CHANNELS}, "emails_sent": "emails_sent_90d",
-        "email_opens": "opens_90d", "email_clicks": "clicks_90d"})
-    w180 = window(180, {"cents": "cents_180d"})
-    w365 = window(365, {"orders": "orders_365d", "cents": "cents_365d", "discount_orders": "discount_orders_365d"})
+        "email_opens": "opens_90d", "email_clicks": "clicks_90d"}
+    w90 = (pl.concat([month_rows, day_rows], how="vertical").with_columns(cents(pl.col("revenue")).alias("cents"))
+           .group_by("customer_id").agg(pl.col(src).sum().cast(pl.Int64).alias(out) for src, out in w90_cols.items()))
+
+    # 180 and 365 days: the state's running sums of the months the window touches (6 and 12), less the
+    # days of the first month before the window starts (none when it starts on the 1st).
+    def before_cut(days: int, months: int, cols: dict[str, str]) -> pl.LazyFrame:
+        cut = end - dt.timedelta(days=days)
+        first = next_month(start, -months + 1).date()
+        assert first <= cut < next_month(month_start(first)).date(), (days, months, cut)
+        rows = daily.filter((pl.col("day") >= first) & (pl.col("day") < cut))
+        return rows.select("customer_id", pl.col("orders").cast(pl.Int64), cents(pl.col("revenue")).alias("cents"),
+                           pl.col("discount_orders").cast(pl.Int64)).group_by("customer_id").agg(
+            pl.col(src).sum().alias(out) for src, out in cols.items())
+
+    early = (before_cut(365, 12, {"orders": "orders_early365", "cents": "cents_early365",
+                                  "discount_orders": "discount_early365"})
+             .join(before_cut(180, 6, {"cents": "cents_early180"}), on="customer_id", how="full", coalesce=True))
     long = (
-        w365.join(w180, on="customer_id", how="full", coalesce=True)
-        .join(w90, on="customer_id", how="full", coalesce=True)
-        .with_columns(pl.col("cents_90d", "cents_180d", "cents_365d").fill_null(0))
+        state.select("customer_id", *ROLLING_SPANS)
+        .join(w90, on="customer_id", how="left").join(early, on="customer_id", how="left")
+        .with_columns(pl.all().exclude("customer_id").fill_null(0))
         .with_columns(
+            (pl.col("orders_12m") - pl.col("orders_early365")).alias("orders_365d"),
+            (pl.col("discount_orders_12m") - pl.col("discount_early365")).alias("discount_orders_365d"),
             (pl.col("cents_90d").cast(pl.Float64) / 100).alias("revenue_90d"),
-            (pl.col("cents_365d").cast(pl.Float64) / 100).alias("revenue_365d"),
-            ((pl.col("cents_180d") - pl.col("cents_90d")).cast(pl.Float64) / 100).alias("revenue_prev_90d"),
+            ((pl.col("cents_12m") - pl.col("cents_early365")).cast(pl.Float64) / 100).alias("revenue_365d"),
+            ((pl.col("cents_6m") - pl.col("cents_early180") - pl.col("cents_90d")).cast(pl.Float64) / 100)
+            .alias("revenue_prev_90d"),
+            pl.col("active_months_12m").alias("active_months_12"), pl.col("active_months_6m").alias("active_months_6"),
         )
-        .drop("cents_90d", "cents_180d", "cents_365d")
+        .drop(*ROLLING_SPANS, "cents_90d", "orders_early365", "cents_early365", "discount_early365", "cents_early180")
     )
     win = short.join(long, on="customer_id", how="full", coalesce=True).with_columns(
         (pl.col("active_days_90d").fill_null(0) - pl.col("active_days_30d").fill_null(0)).alias("active_days_prev_60d"))
-    m12_first = next_month(start, -11).date()
-    m6_first = next_month(start, -5).date()
-    mon = monthly.filter((pl.col("month") >= m12_first) & (pl.col("month") <= start.date()))
-    months = mon.group_by("customer_id").agg(
-        (pl.col("activity") > 0).sum().cast(pl.Int64).alias("active_months_12"),
-        ((pl.col("activity") > 0) & (pl.col("month") >= m6_first)).sum().cast(pl.Int64).alias("active_months_6"),
-    )
     cats = (
-        mon.select("customer_id", "category_revenue").explode("category_revenue").unnest("category_revenue")
+        state.select("customer_id", "category_12m").explode("category_12m").unnest("category_12m")
         .drop_nulls("category")
-        .group_by("customer_id", "category").agg(cents(pl.col("revenue")).sum().alias("cents"))
         .with_columns(pl.col("cents").cast(pl.Float64).truediv(100).alias("revenue"),
                       # integer cents: the total does not depend on summation order, so re-runs match
                       (pl.col("cents") / pl.col("cents").sum().over("customer_id")).alias("share"))
@@ -614,11 +745,8 @@ def build_features(
                                                month=month, spec=spec))
     f = (
         people.join(win, on="customer_id", how="left")
-        .join(months, on="customer_id", how="left")
         .join(cats, on="customer_id", how="left")
-        .with_columns(
-            zero(*[c for c in win.collect_schema().names() if c != "customer_id"], "active_months_12", "active_months_6")
-        )
+        .with_columns(zero(*[c for c in win.collect_schema().names() if c != "customer_id"]))
         .with_columns(pl.col("revenue_30d", "revenue_90d", "revenue_365d", "revenue_prev_90d").cast(pl.Float64))
     )
     has_order = pl.col("orders") > 0

@@ -36,12 +36,11 @@ def frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=EVENT_SCHEMA)
 
 
-def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, first: str | None = None,
-                 anonymous: tuple[str, ...] = ()) -> pl.DataFrame:
-    """Run the incremental path month by month, exactly as the assets do."""
-    keys = month_range(first or month_key(events["event_time"].min()), month)
+def incremental_features(events: pl.DataFrame, months: list[str], spec: FeaturesConfig = SPEC,
+                         anonymous: tuple[str, ...] = ()):
+    """Run the incremental path month by month, exactly as the assets do: yields (month, features)."""
     state, dailies, monthlies = None, [], []
-    for m in keys:
+    for m in months:
         lo = dt.datetime.fromisoformat(m).replace(tzinfo=UTC)
         mev = events.filter(pl.col("event_time").dt.truncate("1mo") == lo).lazy()
         d = build_activity_daily(mev, spec=spec).collect()
@@ -51,13 +50,21 @@ def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, 
             "customer_id", pl.when(pl.col("customer_id").is_in(list(anonymous))).then(pl.lit("anonymous"))
             .otherwise(pl.lit("customer")).alias("identity")).lazy()
         state = update_customer_state(state.lazy() if state is not None else None, d.lazy(), mo.lazy(), spec=spec,
-                                      identity=ident, month=m).collect()
+                                      identity=ident, month=m,
+                                      history=pl.concat(monthlies).lazy() if monthlies else None).collect()
         dailies.append(d)
         monthlies.append(mo)
-    ident = state.select("customer_id", pl.when(pl.col("customer_id").is_in(list(anonymous))).then(pl.lit("anonymous"))
-                         .otherwise(pl.lit("customer")).alias("identity")).lazy()
-    return build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), ident,
-                          month=month_key(month), spec=spec).collect()
+        ident = state.select("customer_id", pl.when(pl.col("customer_id").is_in(list(anonymous)))
+                             .then(pl.lit("anonymous")).otherwise(pl.lit("customer")).alias("identity")).lazy()
+        yield m, build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), ident,
+                                month=m, spec=spec).collect()
+
+
+def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, first: str | None = None,
+                 anonymous: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Features of ``month`` by the incremental path from ``first`` (default: the first event's month)."""
+    keys = month_range(first or month_key(events["event_time"].min()), month)
+    return list(incremental_features(events, keys, spec, anonymous))[-1][1]
 
 
 def row(f: pl.DataFrame, cid: str) -> dict:
@@ -219,24 +226,29 @@ def test_idle_anonymous_visitors_leave_the_snapshot_after_the_retention():
     assert keep["customer_id"].to_list() == ["A", "B", "K"]
 
 
-@pytest.fixture(scope="module")
-def sample_events(tmp_path_factory) -> pl.DataFrame:
-    """Events of a small generated sample, stitched the simple way (customer id or email)."""
+def stitched_sample(root: Path, *, months: int, start: str, customers: int) -> pl.DataFrame:
+    """Events of a generated sample, ingested and stitched with the library."""
     from segpipe.config import load_config
     from segpipe.identity import build_identity_map, identity_links, stitch_events
     from segpipe.ingest import ingest_source
     from segpipe.sample import generate_sample
 
     import yaml
-    root = tmp_path_factory.mktemp("fsample")
-    generate_sample(root / "data" / "sample", customers=400, months=5, start="2024-11", seed=3, bad_row_share=0)
+    generate_sample(root / "data" / "sample", customers=customers, months=months, start=start, seed=3, bad_row_share=0)
     cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "segpipe.yaml").read_text())
+    cfg["first_month"] = start
     (root / "segpipe.yaml").write_text(yaml.safe_dump(cfg))
     config = load_config(root / "segpipe.yaml")
-    months = month_range("2024-11", "2025-03")
-    ingested = pl.concat([r.events for s in config.sources for r in ingest_source(config, s, months, key=b"k").values()])
+    keys = month_range(start, month_key(next_month(month_start(start), months - 1)))
+    ingested = pl.concat([r.events for s in config.sources for r in ingest_source(config, s, keys, key=b"k").values()])
     imap = build_identity_map(identity_links(ingested.lazy()))
     return stitch_events(ingested.lazy(), imap.lazy()).select(list(EVENT_SCHEMA)).collect()
+
+
+@pytest.fixture(scope="module")
+def sample_events(tmp_path_factory) -> pl.DataFrame:
+    """Five months of a small generated sample."""
+    return stitched_sample(tmp_path_factory.mktemp("fsample"), months=5, start="2024-11", customers=400)
 
 
 def test_btyd_equals_a_direct_per_customer_computation(sample_events):
@@ -332,3 +344,98 @@ def test_monthly_rollups_of_an_older_lake_are_completed_from_their_daily_rows(sa
     assert complete_monthly(new.lazy(), None, month="2025-02-01").collect().columns == list(MONTHLY_SCHEMA)
     with pytest.raises(ValueError, match=r"customer_activity_monthly 2025-02 lacks .*rebuild the month"):
         complete_monthly(old.lazy(), None, month="2025-02-01")
+
+
+@pytest.fixture(scope="module")
+def long_sample(tmp_path_factory) -> pl.DataFrame:
+    """17 months (Nov 2023 - Mar 2025): the running 6- and 12-month sums fill, then months leave them,
+    across the leap day of 2024."""
+    return stitched_sample(tmp_path_factory.mktemp("lsample"), months=17, start="2023-11", customers=250)
+
+
+def test_running_sums_keep_long_windows_exact_as_months_leave_them(long_sample):
+    """The 180/365-day windows and the month-granular features come from running sums that add the
+    new month and subtract the month leaving. Month by month they must equal (a) a from-scratch build
+    over all events so far and (b) plain sums of the events inside each window, including the
+    snapshots whose 365-day window starts on the 2nd because it holds 29 February 2024."""
+    ev = long_sample.with_columns(day=pl.col("event_time").dt.date())
+    months = month_range("2023-11", "2025-03")
+    checked = 0
+    for m, inc in incremental_features(long_sample, months):
+        end = next_month(month_start(m)).date()
+        if m >= "2024-10-01":  # (a) at least 12 months of history: every span has lost months
+            upto = long_sample.filter(pl.col("event_time") < next_month(month_start(m))).lazy()
+            daily = build_activity_daily(upto, spec=SPEC)
+            monthly = pl.concat([build_activity_monthly(upto.filter(pl.col("event_time").dt.strftime("%Y-%m") == k[:7]),
+                                                        month=k, spec=SPEC) for k in month_range("2023-11", m)])
+            state = update_customer_state(None, daily, monthly, spec=SPEC)
+            scratch = build_features(state, daily, monthly, state.select("customer_id", pl.lit("customer").alias("identity")),
+                                     month=m, spec=SPEC).collect()
+            assert_frame_equal(inc, scratch)
+        # (b) plain event sums inside the windows
+        orders = ev.filter(pl.col("event_type") == "order")
+        inside = lambda days: (pl.col("day") >= end - dt.timedelta(days=days)) & (pl.col("day") < end)  # noqa: E731
+        ref = orders.group_by("customer_id").agg(
+            inside(365).sum().alias("o365"),
+            (pl.col("amount").filter(inside(365)) * 100).round(0).cast(pl.Int64).sum().alias("c365"),
+        )
+        first12 = next_month(month_start(m), -11).date()
+        did = (pl.col("event_type").is_in(["order", "email_open", "email_click"]) | pl.col("source").is_in(["product", "web"]))
+        active = ev.filter(did & (pl.col("day") >= first12) & (pl.col("day") < end)).group_by("customer_id").agg(
+            pl.col("day").dt.truncate("1mo").n_unique().alias("m12"))
+        cats = (orders.filter((pl.col("day") >= first12) & (pl.col("day") < end))
+                .group_by("customer_id", pl.col("category").fill_null("unknown"))
+                .agg((pl.col("amount") * 100).round(0).cast(pl.Int64).sum().alias("c"))
+                .sort("customer_id", "c", "category", descending=[False, True, False])
+                .group_by("customer_id", maintain_order=True).agg(pl.col("category").first().alias("dom")))
+        got = (inc.join(ref, on="customer_id", how="left").join(active, on="customer_id", how="left")
+               .join(cats, on="customer_id", how="left").with_columns(pl.col("o365", "c365", "m12").fill_null(0)))
+        assert (got["orders_365d"] == got["o365"]).all(), m
+        assert ((got["revenue_365d"] * 100).round(0).cast(pl.Int64) == got["c365"]).all(), m
+        assert (got["active_months_12"] == got["m12"]).all(), m
+        assert (got["dominant_category"].fill_null("-") == got["dom"].fill_null("-")).all(), m
+        checked += got.height
+    assert checked > 2000
+
+
+def test_leap_day_365_day_window_starts_on_the_second():
+    """365 days before 1 Apr 2024 is 2 Apr 2023: an order on 1 Apr 2023 is outside the window, one on
+    2 Apr 2023 inside, although both are in the 12 months the running sums hold."""
+    rows = [ev("L", "2023-04-01 12:00:00", amount=5.0), ev("L", "2023-04-02 12:00:00", amount=7.0),
+            ev("L", "2024-03-10 12:00:00", amount=11.0)]
+    f = features_for(frame(rows), "2024-03", first="2023-04")
+    r = row(f, "L")
+    assert (r["orders_365d"], r["revenue_365d"], r["active_months_12"]) == (2, 18.0, 2)
+    g = row(features_for(frame(rows), "2024-04", first="2023-04"), "L")  # April 2023 has left the 12 months
+    assert (g["orders_365d"], g["revenue_365d"], g["active_months_12"]) == (1, 11.0, 1)
+
+
+def test_a_state_written_before_the_running_sums_is_upgraded_from_the_rollups(long_sample):
+    """A lake whose customer_state predates the running sums keeps working: the next month rebuilds
+    them from the 12 monthly rollups before it, and from then on the state equals one built with
+    running sums all along. Without those rollups the error says what is missing."""
+    from segpipe.features import ROLLING_SCHEMA, leaving_months
+
+    def month_rows(m: str):
+        mev = long_sample.filter(pl.col("event_time").dt.strftime("%Y-%m") == m[:7]).lazy()
+        d = build_activity_daily(mev, spec=SPEC).collect()
+        return d, build_activity_monthly(mev, month=m, daily=d.lazy()).collect()
+
+    months = month_range("2023-11", "2025-01")
+    rollups = {m: month_rows(m) for m in months}
+    states = {}
+    for i, m in enumerate(months):
+        d, mo = rollups[m]
+        prev = states.get(months[i - 1]) if i else None
+        hist = [rollups[k][1] for k in leaving_months(m) if k in rollups]
+        states[m] = update_customer_state(prev.lazy() if prev is not None else None, d.lazy(), mo.lazy(), spec=SPEC,
+                                          month=m, history=pl.concat(hist).lazy() if hist else None).collect()
+    old = states["2024-11-01"].drop(*ROLLING_SCHEMA)
+    d, mo = rollups["2024-12-01"]
+    with pytest.raises(ValueError, match="lacks the running sums"):
+        update_customer_state(old.lazy(), d.lazy(), mo.lazy(), spec=SPEC, month="2024-12-01").collect()
+    twelve = pl.concat([rollups[k][1] for k in month_range("2023-12", "2024-11")]).lazy()  # M-12 .. M-1
+    upgraded = update_customer_state(old.lazy(), d.lazy(), mo.lazy(), spec=SPEC, month="2024-12-01",
+                                     history=twelve).collect()
+    assert_frame_equal(upgraded, states["2024-12-01"])
+    assert upgraded["orders_12m"].sum() > 0 and upgraded["category_12m"].list.len().sum() > 0
