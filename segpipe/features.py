@@ -402,18 +402,22 @@ def update_customer_state(
     starts over."""
     schema = _state_schema(spec)
     lifetime = [c for c in schema if c not in ROLLING_SCHEMA]
-    cur = _month_state(daily, monthly, spec)
     if previous is None:
+        cur = _month_state(daily, monthly, spec)
         last = month or monthly.select(pl.col("month").max()).collect().item().strftime("%Y-%m-%d")
         roll = rolling_from_monthly(monthly, month=last)
         return _with_rolling(cur.select(lifetime), roll, schema)
     if month is None:
         raise ValueError("update_customer_state: month is required with a previous state")
     if identity is not None:
+        identity = identity.collect().lazy()
         # ids identity stitching has merged into another customer are no customers any more
         previous = previous.join(identity.select("customer_id"), on="customer_id", how="semi")
         previous = drop_idle_anonymous(previous, identity, month=month, spec=spec)
-    roll = _update_rolling(previous, monthly, history, month=month)
+    # each is read by several parts of the plan below: materialized once, not scanned per part
+    previous, monthly = previous.collect().lazy(), monthly.collect().lazy()
+    cur = _month_state(daily, monthly, spec)
+    roll = _update_rolling(previous, monthly, history.collect().lazy() if history is not None else None, month=month)
     p = previous.select(lifetime)
     j = p.join(cur, on="customer_id", how="full", coalesce=True, suffix="_new")
 

@@ -439,3 +439,21 @@ def test_a_state_written_before_the_running_sums_is_upgraded_from_the_rollups(lo
                                      history=twelve).collect()
     assert_frame_equal(upgraded, states["2024-12-01"])
     assert upgraded["orders_12m"].sum() > 0 and upgraded["category_12m"].list.len().sum() > 0
+
+
+def test_ids_merged_into_another_customer_leave_the_state():
+    """When identity stitching links an anonymous id to a customer, the old id is no longer in the
+    identity map: it leaves the state at once instead of lingering as a duplicate visitor."""
+    jan = frame([ev("C", "2025-01-05 10:00:00"), ev("sp-x", "2025-01-06 10:00:00", "page_view")])
+    feb = frame([ev("C", "2025-02-05 10:00:00", "page_view")])
+    state = None
+    for m, events, ids in (("2025-01-01", jan, {"C": "customer", "sp-x": "anonymous"}), ("2025-02-01", feb, {"C": "customer"})):
+        d = build_activity_daily(events.lazy(), spec=SPEC).collect()
+        mo = build_activity_monthly(events.lazy(), month=m, daily=d.lazy()).collect()
+        ident = pl.DataFrame({"customer_id": list(ids), "identity": list(ids.values())}).lazy()
+        state = update_customer_state(state.lazy() if state is not None else None, d.lazy(), mo.lazy(), spec=SPEC,
+                                      identity=ident, month=m).collect()
+        if m == "2025-01-01":
+            assert state["customer_id"].to_list() == ["C", "sp-x"]
+    assert state["customer_id"].to_list() == ["C"]
+    assert state["orders"].to_list() == [1] and state["active_months_12m"].to_list() == [2]
