@@ -16,29 +16,40 @@ from pathlib import Path
 import polars as pl
 
 from segpipe.config import ConfigError, SegpipeConfig, check_scheme, load_config
+from segpipe.instance import POSTGRES_ENV, STORAGES, instance_yaml, write_instance_yaml
 from segpipe.lake import asset_path
 from segpipe.readers import SourceError
 from segpipe.timeutil import month_key, month_range
 
-DAGSTER_YAML = """\
-# Embedded Dagster instance for segpipe (git-ignored). SQLite storage under this folder.
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-"""
+DAGSTER_YAML = instance_yaml("sqlite")
+
+
+def instance_home(config: SegpipeConfig) -> Path:
+    """The instance folder: ``$DAGSTER_HOME`` or ``.dagster_home`` beside the config."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path(config.base_dir) / ".dagster_home").resolve()
 
 
 def dagster_home(config: SegpipeConfig) -> Path:
-    """The instance folder: ``$DAGSTER_HOME`` or ``.dagster_home`` beside the config; created with
-    telemetry and the first-run tour off."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Path(config.base_dir) / ".dagster_home").resolve()
+    """The instance folder (:func:`instance_home`), created with telemetry and the first-run tour
+    off (SQLite storage) unless it has a ``dagster.yaml``; sets ``$DAGSTER_HOME``."""
+    home = instance_home(config)
     home.mkdir(parents=True, exist_ok=True)
     yaml_path = home / "dagster.yaml"
     if not yaml_path.exists():
         yaml_path.write_text(DAGSTER_YAML, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+# -- instance -------------------------------------------------------------------------------------
+def cmd_instance(args: argparse.Namespace, config: SegpipeConfig) -> int:
+    path = write_instance_yaml(instance_home(config), args.storage, force=args.force)
+    print(f"wrote {path} ({args.storage} storage)")
+    if args.storage == "postgres":
+        unset = [var for var in POSTGRES_ENV.values() if not os.environ.get(var)]
+        print("the instance reads " + ", ".join(POSTGRES_ENV.values()) + " from the environment when it loads"
+              + (f"; not set here: {', '.join(unset)}" if unset else ""))
+    return 0
 
 
 # -- sample ---------------------------------------------------------------------------------------
@@ -204,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="start the Dagster webserver and daemon")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     u.add_argument("--port", type=int, default=3000)
+    i = sub.add_parser("instance", help="write the Dagster instance's dagster.yaml (SQLite or PostgreSQL storage)")
+    i.add_argument("--storage", choices=STORAGES, default="sqlite",
+                   help="sqlite (embedded, default) or postgres (connection from DAGSTER_PG_* variables)")
+    i.add_argument("--force", action="store_true", help="replace a dagster.yaml that has other settings")
     sh = sub.add_parser("show", help="print the segment summary of a month")
     sh.add_argument("month", help="YYYY-MM")
     sh.add_argument("--scheme", action="append", help="only this scheme (rfm, rules, lifecycle, cluster); repeatable")
@@ -229,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show(args, config)
         if args.command == "ui":
             return cmd_ui(args, config, config_file)
+        if args.command == "instance":
+            return cmd_instance(args, config)
     except (ConfigError, SourceError, OSError) as exc:
         # One line, whatever the error: a multi-line config report becomes "key: problem; key: problem".
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
