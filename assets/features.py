@@ -106,7 +106,7 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "identity_map": dg.AssetIn("identity_map"),
         },
         metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
-            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "orders": "Orders so far.", "revenue": "Order revenue so far.",
+            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "identity": FEATURES["identity"][1], "orders": "Orders so far.", "revenue": "Order revenue so far.",
             "invites": "Invites sent so far.", "features_used": "Distinct features used so far."})},
     )
     def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
@@ -180,12 +180,15 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             # rollups written by an older segpipe get the window counters from their daily rows
             mon = [complete_monthly(monthly_rollups[k], daily.get(k), month=k) for k in monthly_months(pk)
                    if k in monthly_rollups]
+            state = require(customer_state, pk, "customer_state")
+            # the state carries the month's identity kinds; a state written before it did gets them here
+            identity = (None if "identity" in state.collect_schema().names()
+                        else customer_identity(require(identity_map, pk, "identity_map")))
             feats = build_features(
-                require(customer_state, pk, "customer_state"),
+                state,
                 pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec_)),
                 pl.concat(mon) if mon else pl.LazyFrame(schema=MONTHLY_SCHEMA),
-                customer_identity(require(identity_map, pk, "identity_map")),
-                month=pk, spec=spec_,
+                identity, month=pk, spec=spec_,
             ).collect()
             out[pk] = feats
             buyers = feats.filter(pl.col("orders_lifetime") > 0)

@@ -309,8 +309,7 @@ def snapshot(lake: Path, pk: str, first: str, spec, out: Path) -> Timer:
             pl.scan_parquet(asset_path(out, "customer_state", pk)),
             pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec)),
             pl.concat(mon) if mon else pl.LazyFrame(schema=MONTHLY_SCHEMA),
-            customer_identity(pl.scan_parquet(asset_path(lake, "identity_map", pk))),
-            month=pk, spec=spec,
+            None, month=pk, spec=spec,  # identity kinds from the state, as the asset does
         ).collect()
     with t("write"):
         write_parquet_atomic(feats, asset_path(out, "customer_features", pk))

@@ -218,6 +218,7 @@ STATE_SCHEMA: dict[str, pl.DataType] = {
     "invites": pl.Int64(),
     "signup_time": _TS, "first_key_action_time": _TS, "first_expansion_time": _TS,
     "unsubscribed": pl.Boolean(), "features_used": pl.List(pl.String()),
+    "identity": pl.String(),
 }
 
 
@@ -363,15 +364,16 @@ def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfi
     )
 
 
-def drop_idle_anonymous(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str,
-                        spec: FeaturesConfig) -> pl.LazyFrame:
-    """``frame`` (with ``customer_id`` and ``last_seen``) without the anonymous visitors idle for
-    more than ``spec.anonymous_retention_days`` at the end of ``month``."""
+def keep_current(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str, spec: FeaturesConfig) -> pl.LazyFrame:
+    """``frame`` (with ``customer_id`` and ``last_seen``) with each id's ``identity`` of ``month``:
+    only the ids still in the identity map (identity stitching has merged the others into another
+    customer), less the anonymous visitors idle for more than ``spec.anonymous_retention_days``
+    at the end of ``month``."""
+    out = frame.drop("identity", strict=False).join(identity.select("customer_id", "identity"), on="customer_id",
+                                                    how="inner")
     if spec.anonymous_retention_days is None:
-        return frame
-    anon = identity.filter(pl.col("identity") == "anonymous").select("customer_id", pl.lit(True).alias("__anon"))
-    return (frame.join(anon, on="customer_id", how="left")
-            .filter(~idle_anonymous(pl.col("__anon").fill_null(False), month=month, spec=spec)).drop("__anon"))
+        return out
+    return out.filter(~idle_anonymous(pl.col("identity") == "anonymous", month=month, spec=spec))
 
 
 def idle_anonymous(is_anonymous: pl.Expr, *, month: str, spec: FeaturesConfig) -> pl.Expr:
@@ -404,21 +406,20 @@ def update_customer_state(
     lifetime = [c for c in schema if c not in ROLLING_SCHEMA]
     if previous is None:
         cur = _month_state(daily, monthly, spec)
+        if identity is not None:
+            cur = cur.join(identity.select("customer_id", "identity"), on="customer_id", how="left")
         last = month or monthly.select(pl.col("month").max()).collect().item().strftime("%Y-%m-%d")
         roll = rolling_from_monthly(monthly, month=last)
-        return _with_rolling(cur.select(lifetime), roll, schema)
+        return _with_rolling(cur, roll, schema)
     if month is None:
         raise ValueError("update_customer_state: month is required with a previous state")
     if identity is not None:
-        identity = identity.collect().lazy()
-        # ids identity stitching has merged into another customer are no customers any more
-        previous = previous.join(identity.select("customer_id"), on="customer_id", how="semi")
-        previous = drop_idle_anonymous(previous, identity, month=month, spec=spec)
+        previous = keep_current(previous, identity, month=month, spec=spec)
     # each is read by several parts of the plan below: materialized once, not scanned per part
     previous, monthly = previous.collect().lazy(), monthly.collect().lazy()
     cur = _month_state(daily, monthly, spec)
     roll = _update_rolling(previous, monthly, history.collect().lazy() if history is not None else None, month=month)
-    p = previous.select(lifetime)
+    p = previous.select([c for c in lifetime if c != "identity"])
     j = p.join(cur, on="customer_id", how="full", coalesce=True, suffix="_new")
 
     def earliest(c: str) -> pl.Expr:
@@ -447,10 +448,14 @@ def update_customer_state(
         .list.unique().list.sort().alias("features_used"),
         *[total(c) for c in _seasonal_columns(spec)],
     )
+    if identity is not None:  # the month's identity kind of every id (new ones included)
+        merged = merged.join(identity.select("customer_id", "identity"), on="customer_id", how="left")
     return _with_rolling(merged, roll, schema)
 
 
 def _with_rolling(lifetime: pl.LazyFrame, rolling: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    if "identity" not in lifetime.collect_schema().names():
+        lifetime = lifetime.with_columns(pl.lit(None, dtype=pl.String).alias("identity"))
     return (lifetime.join(rolling, on="customer_id", how="left")
             .with_columns(pl.col(list(ROLLING_SPANS)).fill_null(0),
                           pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)))
@@ -614,7 +619,7 @@ def window_months(month: str, days: int = 365) -> list[str]:
 
 
 def build_features(
-    state: pl.LazyFrame, daily: pl.LazyFrame, monthly: pl.LazyFrame, identity: pl.LazyFrame,
+    state: pl.LazyFrame, daily: pl.LazyFrame, monthly: pl.LazyFrame, identity: pl.LazyFrame | None = None,
     *, month: str, spec: FeaturesConfig,
 ) -> pl.LazyFrame:
     """Snapshot features as of the end of ``month``.
@@ -633,8 +638,9 @@ def build_features(
     the month-granular features (active months, category shares) come from the state's running
     sums, less the days of the window's first month before the window starts. All stay exact to
     the day while a snapshot reads at most 4 monthly rollups and 5 months of day rows.
-    identity : LazyFrame
-        :func:`segpipe.identity.customer_identity` of the month.
+    identity : LazyFrame, optional
+        :func:`segpipe.identity.customer_identity` of the month; by default the state's ``identity``
+        column (set by :func:`update_customer_state` from the same identity map).
     """
     start = month_start(month)
     end_dt = next_month(start)
@@ -743,7 +749,7 @@ def build_features(
     def share(col: str) -> pl.Expr:
         return rate(col, "activity_90d")
 
-    people = state.join(identity, on="customer_id", how="left")
+    people = state if identity is None else state.drop("identity").join(identity, on="customer_id", how="left")
     if spec.anonymous_retention_days is not None:  # customers without an identity count as anonymous here
         people = people.filter(~idle_anonymous(pl.col("identity").fill_null("anonymous").eq("anonymous"),
                                                month=month, spec=spec))

@@ -54,9 +54,8 @@ def incremental_features(events: pl.DataFrame, months: list[str], spec: Features
                                       history=pl.concat(monthlies).lazy() if monthlies else None).collect()
         dailies.append(d)
         monthlies.append(mo)
-        ident = state.select("customer_id", pl.when(pl.col("customer_id").is_in(list(anonymous)))
-                             .then(pl.lit("anonymous")).otherwise(pl.lit("customer")).alias("identity")).lazy()
-        yield m, build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), ident,
+        # identity kinds from the state, as the customer_features asset does
+        yield m, build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), None,
                                 month=m, spec=spec).collect()
 
 
