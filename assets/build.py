@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -23,7 +24,70 @@ from segpipe.schemes import compile_rules
 from segpipe.segments import check_clustering_features, check_drift_features
 
 EXECUTOR_ENV = "SEGPIPE_EXECUTOR"
-_EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+CELERY_BROKER_ENV = "SEGPIPE_CELERY_BROKER"
+CELERY_BACKEND_ENV = "SEGPIPE_CELERY_BACKEND"
+CELERY_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+K8S_NAMESPACE_ENV = "SEGPIPE_K8S_NAMESPACE"
+K8S_IMAGE_ENV = "SEGPIPE_K8S_IMAGE"
+K8S_MAX_CONCURRENT_ENV = "SEGPIPE_K8S_MAX_CONCURRENT"
+K8S_SERVICE_ACCOUNT_ENV = "SEGPIPE_K8S_SERVICE_ACCOUNT"
+K8S_ENV_SECRETS_ENV = "SEGPIPE_K8S_ENV_SECRETS"
+
+
+def _optional_module(module: str, extra: str):
+    """Import ``module`` (an optional executor's package) or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{EXECUTOR_ENV}={extra} needs the {module!r} package: pip install 'segpipe[{extra}]'"
+        ) from exc
+
+
+def celery_executor() -> dg.ExecutorDefinition:
+    """dagster-celery's executor, pointed at ``$SEGPIPE_CELERY_BROKER`` / ``$SEGPIPE_CELERY_BACKEND``
+    (default: Redis on 127.0.0.1:6379, database 0). The workers must use the same broker."""
+    dagster_celery = _optional_module("dagster_celery", "celery")
+    broker = os.environ.get(CELERY_BROKER_ENV) or CELERY_DEFAULT_URL
+    backend = os.environ.get(CELERY_BACKEND_ENV) or broker
+    if any(url.startswith(("redis://", "rediss://")) for url in (broker, backend)):
+        _optional_module("redis", "celery")  # kombu's and celery's Redis transport need the client
+    return dagster_celery.celery_executor.configured({"broker": broker, "backend": backend})
+
+
+def k8s_executor() -> dg.ExecutorDefinition:
+    """dagster-k8s's ``k8s_job_executor``: one Kubernetes Job per step. Optional settings from the
+    environment; without them the step image is ``$DAGSTER_CURRENT_IMAGE`` (set by Dagster's Helm
+    chart), the namespace and the rest come from the run launcher, and concurrency is unlimited."""
+    dagster_k8s = _optional_module("dagster_k8s", "k8s")
+    config: dict = {}
+    if os.environ.get(K8S_NAMESPACE_ENV):
+        config["job_namespace"] = os.environ[K8S_NAMESPACE_ENV]
+    if os.environ.get(K8S_IMAGE_ENV):
+        config["job_image"] = os.environ[K8S_IMAGE_ENV]
+    if os.environ.get(K8S_SERVICE_ACCOUNT_ENV):
+        config["service_account_name"] = os.environ[K8S_SERVICE_ACCOUNT_ENV]
+    secrets = [s.strip() for s in os.environ.get(K8S_ENV_SECRETS_ENV, "").split(",") if s.strip()]
+    if secrets:
+        config["env_secrets"] = secrets
+    raw = os.environ.get(K8S_MAX_CONCURRENT_ENV, "").strip()
+    if raw:
+        try:
+            max_concurrent = int(raw)
+        except ValueError:
+            max_concurrent = 0
+        if max_concurrent < 1:
+            raise ValueError(f"{K8S_MAX_CONCURRENT_ENV}={raw!r}: expected a whole number of at least 1")
+        config["max_concurrent"] = max_concurrent
+    return dagster_k8s.k8s_job_executor.configured(config)
+
+
+_EXECUTORS = {
+    "in_process": lambda: dg.in_process_executor,
+    "multiprocess": lambda: dg.multiprocess_executor,
+    "celery": celery_executor,
+    "k8s": k8s_executor,
+}
 
 
 def build_definitions(path: str | Path | None = None, *, executor: str | None = None) -> dg.Definitions:
@@ -33,6 +97,7 @@ def build_definitions(path: str | Path | None = None, *, executor: str | None = 
     name = executor or os.environ.get(EXECUTOR_ENV, "in_process")
     if name not in _EXECUTORS:
         raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {sorted(_EXECUTORS)}")
+    executor_def = _EXECUTORS[name]()
     schema = feature_schema(config.features)
     check_clustering_features(schema, config.segments.clustering.features)
     check_drift_features(schema, config.drift.features, config.drift.categorical)
@@ -55,6 +120,6 @@ def build_definitions(path: str | Path | None = None, *, executor: str | None = 
             "io_manager": ParquetIOManager(lake_dir=str(config.lake_path)),
             "segpipe": SegpipeResource(config_path=str(cfg_path)),
         },
-        executor=_EXECUTORS[name],
+        executor=executor_def,
     )
 
