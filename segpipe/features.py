@@ -273,11 +273,7 @@ def _rolling(parts: list[pl.LazyFrame], cats: list[pl.LazyFrame]) -> pl.LazyFram
     """Sum signed running-sum rows per customer (columns of :data:`ROLLING_SPANS`) and signed
     category rows per customer and category into :data:`ROLLING_SCHEMA` columns."""
     sums = pl.concat(parts, how="vertical").group_by("customer_id").agg(pl.col(list(ROLLING_SPANS)).sum())
-    cat = (pl.concat(cats, how="vertical").group_by("customer_id", "category").agg(pl.col("orders", "cents").sum())
-           .filter(pl.col("orders") > 0).sort("customer_id", "category")
-           .group_by("customer_id", maintain_order=True)
-           .agg(pl.struct("category", "orders", "cents").alias("category_12m")))
-    return sums.join(cat, on="customer_id", how="full", coalesce=True)
+    return sums.join(_category_lists(pl.concat(cats, how="vertical")), on="customer_id", how="full", coalesce=True)
 
 
 def _span_rows(q: pl.LazyFrame, weight) -> pl.LazyFrame:
@@ -298,34 +294,36 @@ def rolling_from_monthly(monthly: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
                     [_month_categories(rows).drop("month")])
 
 
-def _update_rolling(previous: pl.LazyFrame, monthly: pl.LazyFrame, history: pl.LazyFrame | None,
-                    *, month: str) -> pl.LazyFrame:
-    """Running sums after ``month``: ``previous`` state's sums, plus the month's rollup, minus the
-    rollups of the months leaving each span (M-12, M-6, from ``history``). A customer's leaving
-    month counts only if it is not before the month of its ``first_seen``: an anonymous visitor
-    that left the state and came back started over."""
+def _leaving(previous: pl.LazyFrame, history: pl.LazyFrame | None, *, month: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """What leaves the running sums with ``month``: per customer, the amount to subtract from each
+    column of :data:`ROLLING_SPANS` (suffix ``__sub``), and the category rows of month M-12 with
+    negated orders and cents. Rows come from ``history`` (the rollups of :func:`leaving_months`);
+    a customer's leaving month counts only if it is not before the month of its ``first_seen`` in
+    ``previous`` (an anonymous visitor that left the state and came back started over)."""
     m = month_start(month)
-    have = previous.collect_schema().names()
-    if all(c in have for c in ROLLING_SCHEMA):
-        prev = previous.select("customer_id", *ROLLING_SCHEMA)
-    else:  # a state written before the running sums existed: rebuild them from the rollups
-        if history is None:
-            raise ValueError(f"customer_state before {month[:7]} lacks the running sums (written by an older segpipe): "
-                             "pass the monthly rollups of the 12 months before")
-        prev = rolling_from_monthly(history, month=next_month(m, -1).strftime("%Y-%m-%d")).join(
-            previous.select("customer_id"), on="customer_id", how="semi")
-    parts = [prev.select("customer_id", *ROLLING_SPANS), _span_rows(_month_quantities(monthly), lambda n: 1)]
-    cats = [prev.select("customer_id", "category_12m").explode("category_12m").unnest("category_12m").drop_nulls("category"),
-            _month_categories(monthly).drop("month")]
-    if history is not None:
-        since = previous.select("customer_id", pl.col("first_seen").dt.truncate("1mo").dt.date().alias("__since"))
-        for k in LEAVING_OFFSETS:
-            gone = history.filter(pl.col("month") == next_month(m, -k).date())
-            gone = gone.join(since, on="customer_id", how="inner").filter(pl.col("month") >= pl.col("__since"))
-            parts.append(_span_rows(_month_quantities(gone), lambda n, k=k: -1 if n == k else 0))
-            if k == 12:
-                cats.append(_month_categories(gone).drop("month").with_columns(-pl.col("orders"), -pl.col("cents")))
-    return _rolling(parts, cats)
+    sub = {f"{c}__sub": pl.Int64() for c in ROLLING_SPANS}
+    cat = {"customer_id": pl.String(), "category": pl.String(), "orders": pl.Int64(), "cents": pl.Int64()}
+    if history is None:
+        return pl.LazyFrame(schema={"customer_id": pl.String(), **sub}), pl.LazyFrame(schema=cat)
+    since = previous.select("customer_id", pl.col("first_seen").dt.truncate("1mo").dt.date().alias("__since"))
+    parts, cats = [], []
+    for k in LEAVING_OFFSETS:
+        gone = (history.filter(pl.col("month") == next_month(m, -k).date())
+                .join(since, on="customer_id", how="inner").filter(pl.col("month") >= pl.col("__since")))
+        parts.append(_span_rows(_month_quantities(gone), lambda n, k=k: 1 if n == k else 0))
+        if k == 12:
+            cats.append(_month_categories(gone).drop("month").with_columns(-pl.col("orders"), -pl.col("cents")))
+    minus = (pl.concat(parts).group_by("customer_id").agg(pl.col(list(ROLLING_SPANS)).sum())
+             .rename({c: f"{c}__sub" for c in ROLLING_SPANS}))
+    return minus, pl.concat(cats)
+
+
+def _category_lists(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """``customer_id, category_12m`` from signed category rows (categories left with orders)."""
+    return (rows.group_by("customer_id", "category").agg(pl.col("orders", "cents").sum())
+            .filter(pl.col("orders") > 0).sort("customer_id", "category")
+            .group_by("customer_id", maintain_order=True)
+            .agg(pl.struct("category", "orders", "cents").alias("category_12m")))
 
 
 def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
@@ -415,12 +413,42 @@ def update_customer_state(
         raise ValueError("update_customer_state: month is required with a previous state")
     if identity is not None:
         previous = keep_current(previous, identity, month=month, spec=spec)
+    if not all(c in previous.collect_schema().names() for c in ROLLING_SCHEMA):
+        # a state written before the running sums existed: rebuild them from the 12 rollups before
+        if history is None:
+            raise ValueError(f"customer_state before {month[:7]} lacks the running sums (written by an older segpipe): "
+                             "pass the monthly rollups of the 12 months before")
+        before = rolling_from_monthly(history, month=next_month(month_start(month), -1).strftime("%Y-%m-%d"))
+        previous = _with_rolling(previous.drop(*ROLLING_SCHEMA, strict=False), before, None)
     # each is read by several parts of the plan below: materialized once, not scanned per part
     previous, monthly = previous.collect().lazy(), monthly.collect().lazy()
-    cur = _month_state(daily, monthly, spec)
-    roll = _update_rolling(previous, monthly, history.collect().lazy() if history is not None else None, month=month)
-    p = previous.select([c for c in lifetime if c != "identity"])
-    j = p.join(cur, on="customer_id", how="full", coalesce=True, suffix="_new")
+    if history is not None:
+        history = history.collect().lazy()
+    minus, gone_cats = _leaving(previous, history, month=month)
+    month_cats = _month_categories(monthly).drop("month")
+    plus = _month_quantities(monthly).select(
+        "customer_id", *[pl.col(src).alias(f"{col}__add") for col, (src, _) in ROLLING_SPANS.items()])
+    cur = _month_state(daily, monthly, spec).collect().lazy()
+    p = previous.select(*lifetime, *ROLLING_SCHEMA)
+
+    # Category lists and feature lists change only for the customers with rows this month (or leaving):
+    # recomputed for those alone, the others keep theirs.
+    touched = pl.concat([month_cats.select("customer_id"), gone_cats.select("customer_id")]).unique()
+    cats = touched.join(_category_lists(pl.concat([
+        previous.join(touched, on="customer_id", how="semi").select("customer_id", "category_12m")
+        .explode("category_12m").unnest("category_12m").drop_nulls("category"),
+        month_cats, gone_cats])), on="customer_id", how="left").select(
+        "customer_id", pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)).alias("__cats"))
+    new_used = cur.select("customer_id", "features_used").filter(pl.col("features_used").list.len() > 0)
+    used = new_used.join(previous.select("customer_id", pl.col("features_used").alias("__old")), on="customer_id",
+                         how="left").select(
+        "customer_id", pl.col("__old").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+        .list.set_union("features_used").list.sort().alias("__used"))
+    # everything the month brings, narrow frames joined first, then one join with the (wide) state
+    delta = cur.drop("features_used")
+    for part in (plus, minus, cats, used):
+        delta = delta.join(part, on="customer_id", how="full", coalesce=True)
+    j = p.join(delta, on="customer_id", how="full", coalesce=True, suffix="_new")
 
     def earliest(c: str) -> pl.Expr:
         return pl.min_horizontal(c, f"{c}_new").alias(c)
@@ -443,23 +471,31 @@ def update_customer_state(
         .otherwise(pl.col("first_day_revenue_new")).alias("first_day_revenue"),
         earliest("signup_time"), earliest("first_key_action_time"), earliest("first_expansion_time"),
         (pl.col("unsubscribed").fill_null(False) | pl.col("unsubscribed_new").fill_null(False)).alias("unsubscribed"),
-        pl.concat_list(pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String))),
-                       pl.col("features_used_new").fill_null(pl.lit([], dtype=pl.List(pl.String))))
-        .list.unique().list.sort().alias("features_used"),
+        pl.coalesce("__used", "features_used", pl.lit([], dtype=pl.List(pl.String))).alias("features_used"),
         *[total(c) for c in _seasonal_columns(spec)],
+        "identity",
+        *[(pl.col(c).fill_null(0) + pl.col(f"{c}__add").fill_null(0) - pl.col(f"{c}__sub").fill_null(0)).alias(c)
+          for c in ROLLING_SPANS],
+        pl.coalesce("__cats", "category_12m", pl.lit([], dtype=_CATEGORY_12M)).alias("category_12m"),
     )
-    if identity is not None:  # the month's identity kind of every id (new ones included)
-        merged = merged.join(identity.select("customer_id", "identity"), on="customer_id", how="left")
-    return _with_rolling(merged, roll, schema)
+    if identity is not None:  # customers new this month get their identity kind
+        new_ids = cur.select("customer_id").join(p, on="customer_id", how="anti").join(
+            identity.select("customer_id", pl.col("identity").alias("__kind")), on="customer_id", how="inner")
+        merged = merged.join(new_ids, on="customer_id", how="left").with_columns(
+            pl.coalesce("identity", "__kind").alias("identity")).drop("__kind")
+    return merged.select(list(schema)).cast(schema).sort("customer_id")
 
 
-def _with_rolling(lifetime: pl.LazyFrame, rolling: pl.LazyFrame, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+def _with_rolling(lifetime: pl.LazyFrame, rolling: pl.LazyFrame,
+                  schema: dict[str, pl.DataType] | None) -> pl.LazyFrame:
+    """``lifetime`` rows with their running sums (0 and [] for customers without), an ``identity``
+    column (null if absent) and, with ``schema``, in that schema sorted by id."""
     if "identity" not in lifetime.collect_schema().names():
         lifetime = lifetime.with_columns(pl.lit(None, dtype=pl.String).alias("identity"))
-    return (lifetime.join(rolling, on="customer_id", how="left")
-            .with_columns(pl.col(list(ROLLING_SPANS)).fill_null(0),
-                          pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)))
-            .select(list(schema)).cast(schema).sort("customer_id"))
+    out = (lifetime.join(rolling, on="customer_id", how="left")
+           .with_columns(pl.col(list(ROLLING_SPANS)).fill_null(0),
+                         pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M))))
+    return out if schema is None else out.select(list(schema)).cast(schema).sort("customer_id")
 
 
 # -- snapshot features ---------------------------------------------------------------------------

@@ -146,12 +146,12 @@ def customer_identity(identity_map: pl.LazyFrame) -> pl.LazyFrame:
     """Per customer id, how well it is known: ``customer`` (one of your own customer ids),
     ``contact`` (an email, phone or app account, but no customer id) or ``anonymous`` (web
     cookies only)."""
-    kind = pl.col("node").str.slice(0, 2)
+    node = pl.col("node")
     return (
         identity_map.group_by("customer_id")
         .agg(
-            (kind == "c:").any().alias("__c"),
-            kind.is_in(["e:", "p:", "u:"]).any().alias("__k"),
+            node.str.starts_with("c:").any().alias("__c"),
+            (node.str.starts_with("e:") | node.str.starts_with("p:") | node.str.starts_with("u:")).any().alias("__k"),
         )
         .select(
             "customer_id",
