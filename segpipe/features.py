@@ -627,7 +627,8 @@ LONG_WINDOW_DAYS = (90, 180, 365)
 
 def daily_months(month: str) -> list[str]:
     """Partition keys of the daily rollups :func:`build_features` reads for ``month``: the months
-    of the windows up to 30 days, and the partial first month of each longer window."""
+    of the windows up to 30 days, and the first month of each longer window when the window starts
+    after its 1st (its days before the window are subtracted)."""
     end = next_month(month_start(month))
     keys = set(window_months(month, SHORT_WINDOW_DAYS))
     for n in LONG_WINDOW_DAYS:
@@ -669,11 +670,11 @@ def build_features(
     monthly : LazyFrame
         :func:`build_activity_monthly` rows of (at least) the months :func:`monthly_months` names.
 
-    Windows up to 30 days sum day rows. The 90-day window sums the monthly rollups of the months
-    wholly inside it plus the day rows of its partial first month; the 180- and 365-day windows and
-    the month-granular features (active months, category shares) come from the state's running
-    sums, less the days of the window's first month before the window starts. All stay exact to
-    the day while a snapshot reads at most 4 monthly rollups and 5 months of day rows.
+    Windows up to 30 days sum day rows. The 90-day window sums the monthly rollups of the months it
+    touches; the 180- and 365-day windows and the month-granular features (active months, category
+    shares) come from the state's running sums. The long windows subtract the days of their first
+    month before the window starts, so all stay exact to the day while a snapshot reads at most 4
+    monthly rollups and, of the older months' day rows, only the first days.
     identity : LazyFrame, optional
         :func:`segpipe.identity.customer_identity` of the month; by default the state's ``identity``
         column (set by :func:`update_customer_state` from the same identity map).
@@ -711,18 +712,16 @@ def build_features(
         s("product_views", 30).alias("product_views_30d"),
         days_with(pl.col("product_views") > 0, 30).alias("product_view_days_30d"),
     )
-    # 90 days: the monthly rollups of the whole months inside the window plus the day rows of its
-    # partial first month (only its days inside the window).
+    # 90 days: the monthly rollups of the months the window touches, less the day rows of its first
+    # month before the window starts (a few days; none when it starts on the 1st).
     counters = ["orders", "revenue", "activity", "active_days", *WINDOW_COUNTERS]
     cut90 = end - dt.timedelta(days=90)
     first90 = month_start(cut90).date()
-    month_rows = monthly.filter((pl.col("month") <= start.date()) & (pl.col("month") >= cut90)).select(
+    month_rows = monthly.filter((pl.col("month") <= start.date()) & (pl.col("month") >= first90)).select(
         "customer_id", *[pl.col(c).cast(pl.Float64 if c == "revenue" else pl.Int64) for c in counters])
-    partial = cut90 > first90  # else the window starts on the 1st and that month is a whole block
-    day_rows = daily.filter((pl.col("day") >= cut90) & (pl.col("day") < next_month(month_start(cut90)).date())
-                            & pl.lit(partial)).select(
+    day_rows = daily.filter((pl.col("day") >= first90) & (pl.col("day") < cut90)).select(
         "customer_id",
-        *[(active if c == "active_days" else pl.col(c)).cast(pl.Float64 if c == "revenue" else pl.Int64).alias(c)
+        *[-(active if c == "active_days" else pl.col(c)).cast(pl.Float64 if c == "revenue" else pl.Int64).alias(c)
           for c in counters])
     w90_cols = {
         "orders": "orders_90d", "cents": "cents_90d", "active_days": "active_days_90d", "logins": "logins_90d",
@@ -882,11 +881,11 @@ def features_markdown(spec: FeaturesConfig | None = None) -> str:
         "state when the merge happens; its earlier months stay in the rollups under the old id.",
         "",
         "How windows are computed: up to 30 days from the daily rollups of the month and the one",
-        "before; 90 days from the monthly rollups of the months wholly inside the window plus the daily",
-        "rows of its partial first month; 180 and 365 days and the month-granular features from running",
-        "6- and 12-month sums kept in `customer_state` (each month adds its rollup and subtracts the one",
-        "leaving, in integer cents), less the days of the window's first month before the window starts.",
-        "Every window is exact to the day, and a snapshot reads at most 4 monthly rollups.",
+        "before; 90 days from the monthly rollups of the months the window touches; 180 and 365 days and",
+        "the month-granular features from running 6- and 12-month sums kept in `customer_state` (each",
+        "month adds its rollup and subtracts the one leaving, in integer cents). The long windows then",
+        "subtract the day rows of their first month before the window starts (a few days), so every",
+        "window is exact to the day, and a snapshot reads at most 4 monthly rollups.",
         "",
         "| column | family | type | definition |",
         "| --- | --- | --- | --- |",
