@@ -3,12 +3,15 @@
 Partitioned assets hand over ``dict[partition_key, DataFrame]`` (one entry per partition of the
 run, so a single run can materialize a range) and receive ``dict[partition_key, LazyFrame]`` for
 the upstream partitions that exist. Files: ``{lake_dir}/{asset}/{partition_key}.parquet``, or
-``{lake_dir}/{asset}.parquet`` when unpartitioned; every write is atomic.
+``{lake_dir}/{asset}.parquet`` when unpartitioned; every write is atomic. ``lake_dir`` is a local
+folder or an object-store URL (``s3://``, ``gs://``, ``az://``; :mod:`segpipe.lake`): then inputs
+are Polars' native cloud scans and credentials come from environment variables.
 
 Each write holds the partition's lock (:mod:`segpipe.locks`), so two runs of the same partition
 never write it at the same time (the second waits up to ``lock_timeout`` seconds, then fails
 naming the other run's pid), and first removes the temp files a killed writer of that same
-partition left behind.
+partition left behind. An object-store lake has no lock files: each object write is atomic and
+the run that owns the partition in Dagster is the lock (:mod:`segpipe.locks`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from segpipe.lake import asset_path
+from segpipe.lake import asset_path, exists, scan_parquet
 from segpipe.locks import write_partition_file
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
-    """Stores Polars frames as Parquet files in the local lake."""
+    """Stores Polars frames as Parquet files in the lake (a local folder or an object store)."""
 
     lake_dir: str
     lock_timeout: float = Field(
@@ -43,7 +46,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if stale:
             context.log.warning(
                 f"{name} {key or ''}: removed {len(stale)} temp file(s) left by an interrupted write: "
-                + ", ".join(p.name for p in stale)
+                + ", ".join(Path(p).name for p in stale)
             )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
@@ -68,10 +71,10 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             out: dict[str, pl.LazyFrame] = {}
             for key in sorted(context.asset_partition_keys):
                 path = asset_path(self.lake_dir, name, key)
-                if path.is_file():
-                    out[key] = pl.scan_parquet(path)
+                if exists(path):
+                    out[key] = scan_parquet(path)
             return out
         path = asset_path(self.lake_dir, name)
-        if not Path(path).is_file():
+        if not exists(path):
             raise FileNotFoundError(f"{name}: {path} does not exist; materialize {name} first")
-        return pl.scan_parquet(path)
+        return scan_parquet(path)

@@ -10,7 +10,7 @@ from assets.metadata import OWNER, column_schema, partitions_of, require
 from assets.partitions import HISTORY_TO_DATE, PREVIOUS_AND_THIS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
-from segpipe.lake import asset_path
+from segpipe.lake import asset_path, location_uri
 from segpipe.locks import write_partition_file
 from segpipe.report import (
     build_segment_report,
@@ -30,9 +30,9 @@ REPORT_ASSET = "segment_report"
 _TABLE_SCHEMA = {c: t for c, t in PROFILE_SCHEMA.items() if c != "snapshot_month"}
 
 
-def report_path(lake_dir: str | Path, partition_key: str) -> Path:
-    """``{lake_dir}/segment_report/{partition_key}.html``."""
-    return asset_path(lake_dir, REPORT_ASSET, partition_key).with_suffix(".html")
+def report_path(lake_dir: str | Path, partition_key: str) -> str | Path:
+    """``{lake_dir}/segment_report/{partition_key}.html`` (a URL in an object-store lake)."""
+    return asset_path(lake_dir, REPORT_ASSET, partition_key, suffix=".html")
 
 
 def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
@@ -87,13 +87,13 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             stale = write_partition_file(lake, REPORT_ASSET, pk, path, lambda fh, page=page: fh.write(page.encode()))
             if stale:
                 context.log.warning(f"{REPORT_ASSET} {pk[:7]}: removed {len(stale)} temp file(s) left by an "
-                                    "interrupted write: " + ", ".join(p.name for p in stale))
+                                    "interrupted write: " + ", ".join(Path(p).name for p in stale))
             charts = chart_count(page)
             context.add_asset_metadata(
                 {
                     "report_path": dg.MetadataValue.path(str(path)),
-                    "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
-                    "dagster/uri": path.resolve().as_uri(),
+                    "report_url": dg.MetadataValue.url(location_uri(path)),
+                    "dagster/uri": location_uri(path),
                     "charts": charts,
                     "has_migration": prev in segment_membership,
                     "size_kb": round(len(page.encode()) / 1024, 1),

@@ -1,7 +1,5 @@
 """Segment assets: the cluster model, membership and profiles of every scheme, outcomes, exports."""
 
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 
@@ -10,6 +8,7 @@ from assets.partitions import PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against, fit_cluster_model
 from segpipe.config import SegpipeConfig, resolve
+from segpipe.lake import lake_join
 from segpipe.locks import write_partition_file
 from segpipe.segments import (
     MEMBERSHIP_DESCRIPTIONS,
@@ -217,12 +216,11 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         """Activation files per scheme and month — customer_id, segment, action — ready for an email or
         ads tool: {lake_dir}/exports/{scheme}/{YYYY-MM-01}.csv."""
         cfg = segpipe.config()
-        base = Path(cfg.lake_path) / "exports"
         for pk in partitions_of(context):
             mem = require(segment_membership, pk, "segment_membership").collect()
             paths = {}
             for scheme in cfg.segments.exports:
-                path = base / scheme / f"{pk}.csv"
+                path = lake_join(cfg.lake_path, "exports", scheme, f"{pk}.csv")
                 frame = activation_export(mem, scheme, cfg.playbook)
                 write_partition_file(cfg.lake_path, f"segment_exports/{scheme}", pk, path,
                                      lambda fh, frame=frame: frame.write_csv(fh))

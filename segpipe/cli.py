@@ -17,7 +17,7 @@ import polars as pl
 
 from segpipe.config import ConfigError, SegpipeConfig, check_scheme, load_config
 from segpipe.instance import POSTGRES_ENV, STORAGES, instance_yaml, write_instance_yaml
-from segpipe.lake import asset_path
+from segpipe.lake import asset_path, check_reachable, exists, is_remote, read_parquet, scan_parquet
 from segpipe.readers import SourceError
 from segpipe.timeutil import month_key, month_range
 
@@ -88,19 +88,19 @@ def print_summary(config: SegpipeConfig, month: str, schemes: list[str] | None =
     key = month_key(month)
     lake = config.lake_path
     prof_path = asset_path(lake, "segment_profiles", key)
-    if not prof_path.is_file():
+    if not exists(prof_path):
         print(f"no segments for {key[:7]}: {prof_path} does not exist (run: segpipe run --from {key[:7]} --to {key[:7]})")
         return False
     acc = []
     for s in config.sources:
         p, q = asset_path(lake, f"{s}_ingested", key), asset_path(lake, f"{s}_quarantine", key)
-        if p.is_file():
-            acc.append({"source": s, "rows_kept": pl.scan_parquet(p).select(pl.len()).collect().item(),
-                        "rows_quarantined": pl.scan_parquet(q).select(pl.len()).collect().item() if q.is_file() else 0})
+        if exists(p):
+            acc.append({"source": s, "rows_kept": scan_parquet(p).select(pl.len()).collect().item(),
+                        "rows_quarantined": scan_parquet(q).select(pl.len()).collect().item() if exists(q) else 0})
     if acc:
         print(f"\nIngestion, {key[:7]}:")
         _print_table(pl.DataFrame(acc))
-    prof = pl.read_parquet(prof_path)
+    prof = read_parquet(prof_path)
     for scheme, title in SCHEME_TITLES.items():
         if schemes and scheme not in schemes:
             continue
@@ -128,13 +128,21 @@ def cmd_run(args: argparse.Namespace, config: SegpipeConfig, config_file: Path) 
     # Fail before Dagster starts, with one line naming what to fix: the lake must be writable and
     # every source must have at least one file.
     lake = config.lake_path
-    try:
-        lake.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=lake, prefix=".write-probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"lake directory {lake} is not writable ({exc.strerror or exc}); "
-                          f"fix its permissions or set lake_dir in {config_file}") from None
+    if is_remote(lake):
+        try:
+            check_reachable(str(lake))
+        except (OSError, ValueError) as exc:
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"lake {lake} is not reachable ({detail}); check the bucket and the credentials in "
+                              f"the environment (docs/object-store.md) or set lake_dir in {config_file}") from None
+    else:
+        try:
+            lake.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=lake, prefix=".write-probe-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"lake directory {lake} is not writable ({exc.strerror or exc}); "
+                              f"fix its permissions or set lake_dir in {config_file}") from None
     for source in config.sources:
         list_source_files(config.source_glob(source), source=source)
     dagster_home(config)

@@ -344,7 +344,11 @@ class SegpipeConfig(_Model):
     """The whole project file."""
 
     first_month: str = Field(description="First month of history, 'YYYY-MM'.")
-    lake_dir: str = Field(default="data/lake", description="Local Parquet lake, relative to the config file.")
+    lake_dir: str = Field(
+        default="data/lake",
+        description="Parquet lake: a local folder (relative to the config file) or an object-store URL "
+                    "(s3://bucket/prefix, gs://bucket/prefix, az://container/prefix; credentials from "
+                    "environment variables, see docs/object-store.md).")
     sources: dict[str, SourceConfig] = Field(description="Any subset of: orders, product, email, web.")
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
@@ -360,6 +364,15 @@ class SegpipeConfig(_Model):
         except ValueError as exc:
             raise ValueError(f"expected 'YYYY-MM', got {value!r}") from exc
         return value
+
+    @field_validator("lake_dir")
+    @classmethod
+    def _lake(cls, value: str) -> str:
+        from segpipe.lake import is_url, normalize_url
+
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return normalize_url(value) if is_url(value) else value
 
     @field_validator("sources")
     @classmethod
@@ -379,8 +392,12 @@ class SegpipeConfig(_Model):
         return dt.datetime.strptime(self.first_month, "%Y-%m").replace(tzinfo=dt.timezone.utc)
 
     @property
-    def lake_path(self) -> Path:
-        return resolve(self.base_dir, self.lake_dir)
+    def lake_path(self) -> Path | str:
+        """The lake root: a local folder (resolved against the config's folder), or the
+        object-store URL as a ``str`` (:mod:`segpipe.lake`)."""
+        from segpipe.lake import lake_root
+
+        return lake_root(self.lake_dir, self.base_dir)
 
     def source_glob(self, name: str) -> str:
         return str(resolve(self.base_dir, self.sources[name].path))

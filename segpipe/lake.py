@@ -1,37 +1,333 @@
-"""The local Parquet lake: one file per asset and partition, written atomically.
+"""The Parquet lake: one file per asset and partition, written atomically.
 
 Layout: ``{lake_dir}/{asset_name}/{partition_key}.parquet`` for partitioned assets and
 ``{lake_dir}/{asset_name}.parquet`` otherwise.
+
+The lake root is a local folder (the default) or an object-store URL: ``s3://bucket/prefix``,
+``gs://bucket/prefix``, ``az://container/prefix`` (also ``abfs[s]://container/prefix`` and
+``abfs[s]://container@account.dfs.core.windows.net/prefix``). A location in a local lake is a
+:class:`~pathlib.Path`; in an object-store lake it is a ``str`` URL, so one call site serves both:
+:func:`asset_path`, :func:`lake_join`, :func:`exists`, :func:`scan_parquet`, :func:`read_parquet`,
+:func:`write_atomic`.
+
+Object stores are reached with credentials from the environment only (never from a file; see
+:func:`store_settings`): Polars' native cloud I/O reads (``storage_options``), ``pyarrow.fs``
+lists, checks and writes.
 """
 
 from __future__ import annotations
 
+import io
+import mimetypes
 import os
-from collections.abc import Callable
-from typing import BinaryIO
 import re
+import secrets
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import polars as pl
 
 TMP_PREFIX = ".tmp-"
 
+#: URL scheme -> object store kind.
+REMOTE_SCHEMES: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs",
+                                  "az": "az", "abfs": "az", "abfss": "az"}
 
-def asset_path(lake_dir: str | Path, asset_name: str, partition_key: str | None = None) -> Path:
-    """Where an asset (partition) lives in the lake."""
-    base = Path(lake_dir)
-    return base / asset_name / f"{partition_key}.parquet" if partition_key else base / f"{asset_name}.parquet"
+#: Environment variables each kind of object store reads (nothing else configures it).
+STORE_ENV: dict[str, tuple[str, ...]] = {
+    "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+           "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS",),
+    "az": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"),
+}
+
+Location = Path | str
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+# -- locations ------------------------------------------------------------------------------------
+def is_url(value: str | Path) -> bool:
+    """``value`` is written as a URL (``scheme://...``), supported or not."""
+    return isinstance(value, str) and "://" in value
+
+
+def is_remote(location: str | Path) -> bool:
+    """``location`` is in an object store (a ``str`` URL with a supported scheme)."""
+    return is_url(location) and urlsplit(str(location)).scheme.lower() in REMOTE_SCHEMES
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """An object-store URL taken apart: kind (``s3``/``gs``/``az``), bucket (container), key
+    (no leading or trailing slash) and, for Azure, the account named in the host."""
+
+    kind: str
+    bucket: str
+    key: str
+    account: str | None = None
+
+    @property
+    def fs_path(self) -> str:
+        """The ``bucket/key`` path ``pyarrow.fs`` takes."""
+        return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+
+def parse_url(url: str) -> StoreURL:
+    """Split an object-store URL; ValueError naming what is wrong (scheme, bucket)."""
+    parts = urlsplit(url)
+    kind = REMOTE_SCHEMES.get(parts.scheme.lower())
+    if kind is None:
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r}; expected a local path or "
+                         "s3://bucket/prefix, gs://bucket/prefix or az://container/prefix")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: no query or fragment allowed (credentials come from environment variables)")
+    bucket, account = parts.netloc, None
+    if kind == "az" and "@" in bucket:
+        bucket, host = bucket.split("@", 1)
+        account = host.split(".", 1)[0] or None
+    if not bucket:
+        raise ValueError(f"{url!r} names no bucket (container): expected {parts.scheme}://bucket/prefix")
+    return StoreURL(kind, bucket, parts.path.strip("/"), account)
+
+
+def normalize_url(url: str) -> str:
+    """``url`` checked (:func:`parse_url`) and without trailing slashes."""
+    parse_url(url)
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.lower()}://{rest.rstrip('/')}"
+
+
+def lake_root(lake_dir: str, base_dir: str | Path = ".") -> Location:
+    """The lake root of a ``lake_dir`` setting: the normalized URL of an object store, else the
+    local folder (relative paths resolved against ``base_dir``, ``~`` expanded)."""
+    if is_url(lake_dir):
+        return normalize_url(lake_dir)
+    p = Path(os.path.expanduser(lake_dir))
+    return p if p.is_absolute() else (Path(base_dir) / p).resolve()
+
+
+def lake_join(base: Location, *parts: str) -> Location:
+    """``base / part / ...`` for a folder or a URL."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+    return Path(base).joinpath(*parts)
+
+
+def asset_path(lake_dir: Location, asset_name: str, partition_key: str | None = None, *,
+               suffix: str = ".parquet") -> Location:
+    """Where an asset (partition) lives in the lake: a Path in a local lake, a URL in an object store."""
+    if partition_key:
+        return lake_join(lake_dir, asset_name, f"{partition_key}{suffix}")
+    return lake_join(lake_dir, f"{asset_name}{suffix}")
+
+
+def split_location(location: Location) -> tuple[Location, str]:
+    """(parent folder, file name) of a Path or URL."""
+    if is_remote(location):
+        parent, _, name = str(location).rpartition("/")
+        return parent, name
+    path = Path(location)
+    return path.parent, path.name
+
+
+def location_uri(location: Location) -> str:
+    """A URI for metadata and links: ``file://`` for local files, the URL itself otherwise."""
+    return str(location) if is_remote(location) else Path(location).resolve().as_uri()
+
+
+# -- object-store settings: environment variables only ---------------------------------------------
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How to reach one kind of object store, built from environment variables in one place:
+    ``storage_options`` for Polars (object_store keys) and ``fs_kwargs`` for the ``pyarrow.fs``
+    filesystem of the same store."""
+
+    kind: str
+    storage_options: dict[str, str] = field(default_factory=dict)
+    fs_kwargs: dict[str, object] = field(default_factory=dict)
+
+
+def store_settings(kind: str, env: Mapping[str, str] | None = None, *, account: str | None = None) -> StoreSettings:
+    """Settings of an ``s3``, ``gs`` or ``az`` store from ``env`` (default ``os.environ``).
+
+    * S3 (and S3-compatible servers such as MinIO): ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+      ``AWS_SESSION_TOKEN``, ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), ``AWS_ENDPOINT_URL``
+      (or ``AWS_ENDPOINT_URL_S3``) for a custom endpoint, ``AWS_ALLOW_HTTP=true`` to allow an
+      ``http://`` endpoint. Without keys both libraries fall back to the standard AWS chain
+      (profile files, instance or container role).
+    * GCS: ``GOOGLE_APPLICATION_CREDENTIALS`` (a credentials JSON file); without it the default
+      Google credentials.
+    * Azure: ``AZURE_STORAGE_ACCOUNT_NAME`` (unless the URL names the account) and
+      ``AZURE_STORAGE_ACCOUNT_KEY``; without a key the default Azure credential chain.
+    """
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return value.strip() if value and value.strip() else None
+
+    opts: dict[str, str] = {}
+    fs: dict[str, object] = {}
+    if kind == "s3":
+        key_id, secret = get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")
+        if bool(key_id) != bool(secret):
+            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+        token = get("AWS_SESSION_TOKEN")
+        region = get("AWS_REGION") or get("AWS_DEFAULT_REGION")
+        endpoint = get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL")
+        allow_http = _truthy(get("AWS_ALLOW_HTTP"))
+        if key_id:
+            opts |= {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+            fs |= {"access_key": key_id, "secret_key": secret}
+        if token:
+            opts["aws_session_token"] = token
+            fs["session_token"] = token
+        if region:
+            opts["aws_region"] = region
+            fs["region"] = region
+        if endpoint:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"AWS_ENDPOINT_URL must be http(s)://host[:port], got {endpoint!r}")
+            if parts.scheme == "http" and not allow_http:
+                raise ValueError(f"AWS_ENDPOINT_URL {endpoint} is plain http: set AWS_ALLOW_HTTP=true to allow "
+                                 "unencrypted connections (a local MinIO, a test server)")
+            opts["aws_endpoint_url"] = endpoint.rstrip("/")
+            fs |= {"endpoint_override": parts.netloc + parts.path.rstrip("/"), "scheme": parts.scheme}
+        if allow_http:
+            opts["aws_allow_http"] = "true"
+    elif kind == "gs":
+        creds = get("GOOGLE_APPLICATION_CREDENTIALS")
+        if creds:
+            opts["google_application_credentials"] = creds
+            # pyarrow's GcsFileSystem reads GOOGLE_APPLICATION_CREDENTIALS itself (Google default credentials).
+    elif kind == "az":
+        name = account or get("AZURE_STORAGE_ACCOUNT_NAME")
+        if not name:
+            raise ValueError("Azure lake: set AZURE_STORAGE_ACCOUNT_NAME or name the account in the URL "
+                             "(abfss://container@account.dfs.core.windows.net/prefix)")
+        key = get("AZURE_STORAGE_ACCOUNT_KEY")
+        opts["azure_storage_account_name"] = name
+        fs["account_name"] = name
+        if key:
+            opts["azure_storage_account_key"] = key
+            fs["account_key"] = key
+    else:
+        raise ValueError(f"unknown object store kind {kind!r}")
+    return StoreSettings(kind, opts, fs)
+
+
+def _env_items(kind: str, env: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    env = os.environ if env is None else env
+    return tuple((k, env[k]) for k in STORE_ENV[kind] if k in env)
+
+
+def storage_options(url: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Polars ``storage_options`` for ``url`` (from the environment, see :func:`store_settings`)."""
+    u = parse_url(url)
+    return dict(store_settings(u.kind, env, account=u.account).storage_options)
+
+
+def filesystem(url: str, env: Mapping[str, str] | None = None):
+    """The ``pyarrow.fs`` filesystem of ``url``'s store, from the same settings as
+    :func:`storage_options` (cached per store and environment)."""
+    u = parse_url(url)
+    return _filesystem(u.kind, u.account, _env_items(u.kind, env))
+
+
+@lru_cache(maxsize=16)
+def _filesystem(kind: str, account: str | None, env_items: tuple[tuple[str, str], ...]):
+    import pyarrow.fs as pafs
+
+    kwargs = store_settings(kind, dict(env_items), account=account).fs_kwargs
+    if kind == "s3":
+        return pafs.S3FileSystem(**kwargs)
+    if kind == "gs":
+        return pafs.GcsFileSystem(**kwargs)
+    return pafs.AzureFileSystem(**kwargs)
+
+
+# -- reading and checking ---------------------------------------------------------------------------
+def exists(location: Location) -> bool:
+    """``location`` is an existing file (object)."""
+    if not is_remote(location):
+        return Path(location).is_file()
+    import pyarrow.fs as pafs
+
+    return filesystem(str(location)).get_file_info(parse_url(str(location)).fs_path).type == pafs.FileType.File
+
+
+def scan_parquet(location: Location, **kwargs) -> pl.LazyFrame:
+    """``pl.scan_parquet`` of a lake file (Polars' native cloud reader for object stores)."""
+    if is_remote(location):
+        return pl.scan_parquet(str(location), storage_options=storage_options(str(location)), **kwargs)
+    return pl.scan_parquet(location, **kwargs)
+
+
+def read_parquet(location: Location, **kwargs) -> pl.DataFrame:
+    """``pl.read_parquet`` of a lake file (see :func:`scan_parquet`)."""
+    if is_remote(location):
+        return pl.read_parquet(str(location), storage_options=storage_options(str(location)), **kwargs)
+    return pl.read_parquet(location, **kwargs)
+
+
+def list_files(folder: Location) -> list[str]:
+    """Names of the files directly in ``folder`` (none if it does not exist)."""
+    if not is_remote(folder):
+        try:
+            return sorted(e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+    return sorted(Path(i.path).name for i in _remote_listing(str(folder)))
+
+
+def _remote_listing(url: str) -> list:
+    return _files_in(filesystem(url), parse_url(url).fs_path)
+
+
+def _files_in(fs, fs_folder: str) -> list:
+    import pyarrow.fs as pafs
+
+    sel = pafs.FileSelector(fs_folder, allow_not_found=True, recursive=False)
+    return [i for i in fs.get_file_info(sel) if i.type == pafs.FileType.File]
+
+
+def check_reachable(url: str) -> None:
+    """Raise OSError (or ValueError for bad settings) unless the bucket of ``url`` can be reached
+    with the environment's credentials."""
+    import pyarrow.fs as pafs
+
+    u = parse_url(url)
+    info = filesystem(url).get_file_info(u.bucket)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"bucket (container) {u.bucket!r} does not exist")
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def write_atomic(path: Location, write: Callable[[BinaryIO], object]) -> Location:
     """Write a file so that readers see the old version or the new one, never a part.
 
-    ``write(fh)`` writes to a temporary file in the same folder (name starts with ``.tmp-`` and
-    ends with ``.part``, so no data glob picks it up), which is flushed to disk and then renamed
+    Local: ``write(fh)`` writes to a temporary file in the same folder (name starts with ``.tmp-``
+    and ends with ``.part``, so no data glob picks it up), which is flushed to disk and then renamed
     over ``path``. On any error the temporary file is removed and the old version stays.
+
+    Object store: ``write(fh)`` writes to memory; only a complete object is then uploaded
+    (:func:`put_object`), so an error while writing uploads nothing.
     """
+    if is_remote(path):
+        buffer = io.BytesIO()
+        write(buffer)
+        put_object(str(path), buffer.getvalue())
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.stem + "-", suffix=".part", dir=path.parent)
@@ -47,7 +343,54 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: str | Path) -> Path:
+def put_object(url: str, data: bytes) -> None:
+    """Upload ``data`` as the object at ``url`` so that it appears whole or not at all.
+
+    S3 and GCS: one output stream, one write, then close. The object becomes visible only when
+    the upload completes (a single PUT, or the completion of an S3 multipart / GCS resumable upload);
+    an upload that fails or is killed leaves the previous version. Azure: ``pyarrow``'s Azure
+    output stream creates (truncates) the blob when it is opened, so the data goes to a hidden
+    ``.tmp-*.part`` blob beside the target first and is then copied over it server-side; the temp
+    blob is deleted (or, if that fails, by the next write of the target).
+    """
+    u = parse_url(url)
+    fs = filesystem(url)
+    if u.kind == "az":
+        put_staged(fs, u.fs_path, data)
+    else:
+        _upload(fs, u.fs_path, data, metadata={"Content-Type": content_type(u.key)})
+
+
+def put_staged(fs, path: str, data: bytes) -> None:
+    """Upload ``data`` to a hidden ``.tmp-{stem}-{token}.part`` object beside ``path`` (in
+    ``pyarrow.fs`` filesystem ``fs``), copy it over ``path`` server-side, then delete it. A
+    failure before the copy leaves the previous version; a temp object left behind is removed by
+    :func:`remove_stale_temp_files` on the next write of ``path``."""
+    parent, name = path.rsplit("/", 1)
+    tmp = f"{parent}/{TMP_PREFIX}{Path(name).stem}-{secrets.token_hex(8)}.part"
+    _upload(fs, tmp, data, metadata=None)
+    try:
+        fs.copy_file(tmp, path)
+    finally:
+        try:
+            fs.delete_file(tmp)
+        except (OSError, NotImplementedError):
+            pass  # left for remove_stale_temp_files
+
+
+def content_type(name: str) -> str:
+    """The Content-Type an object named ``name`` is stored with (so a browser shows the report)."""
+    if name.endswith(".parquet"):
+        return "application/vnd.apache.parquet"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _upload(fs, path: str, data: bytes, *, metadata: dict[str, str] | None) -> None:
+    with fs.open_output_stream(path, metadata=metadata) as out:
+        out.write(data)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Location) -> Location:
     """:func:`write_atomic` of a Parquet file (zstd, with statistics)."""
     return write_atomic(path, lambda fh: frame.write_parquet(fh, compression="zstd", statistics=True))
 
@@ -57,18 +400,24 @@ def temp_file_pattern(stem: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(TMP_PREFIX + stem)}-[A-Za-z0-9_]+\.part$")
 
 
-def remove_stale_temp_files(folder: str | Path, stem: str, *, older_than: float | None = None) -> list[Path]:
+def remove_stale_temp_files(folder: Location, stem: str, *, older_than: float | None = None) -> list[Location]:
     """Delete leftover temporary files of ``{folder}/{stem}.parquet`` (a writer killed mid-write).
 
     Only the temp files of that one target are touched, and only those last modified before
     ``older_than`` (seconds since the epoch; default now). Call it while holding the target's
     partition lock (:func:`segpipe.locks.partition_lock`): then no live writer owns such a file.
-    Returns the removed paths.
+    In an object store (where only Azure writes use temp objects) the run that owns the partition
+    in Dagster is that lock. Returns the removed paths (URLs).
     """
-    folder = Path(folder)
     cutoff = time.time() if older_than is None else older_than
     pattern = temp_file_pattern(stem)
-    removed: list[Path] = []
+    removed: list[Location] = []
+    if is_remote(folder):
+        u = parse_url(str(folder))
+        if u.kind != "az":
+            return removed  # S3 and GCS writes never create temp objects: nothing to list
+        return [lake_join(folder, name) for name in remove_stale_objects(filesystem(str(folder)), u.fs_path, stem, cutoff)]
+    folder = Path(folder)
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
@@ -82,4 +431,21 @@ def remove_stale_temp_files(folder: str | Path, stem: str, *, older_than: float 
                 removed.append(Path(entry.path))
         except FileNotFoundError:
             continue
+    return removed
+
+
+def remove_stale_objects(fs, fs_folder: str, stem: str, older_than: float) -> list[str]:
+    """The object-store half of :func:`remove_stale_temp_files`: delete the temp objects of
+    ``{stem}`` in ``fs_folder`` (a ``pyarrow.fs`` path) last modified before ``older_than``;
+    returns their names."""
+    pattern = temp_file_pattern(stem)
+    removed: list[str] = []
+    for info in _files_in(fs, fs_folder):
+        name = Path(info.path).name
+        if pattern.match(name) and info.mtime is not None and info.mtime.timestamp() < older_than:
+            try:
+                fs.delete_file(info.path)
+            except FileNotFoundError:
+                continue
+            removed.append(name)
     return removed

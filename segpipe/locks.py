@@ -4,6 +4,12 @@ A lock is an ``fcntl.flock`` on ``{lake_dir}/.locks/{asset}/{partition}.lock``. 
 it when its holder exits, however it exits (SIGKILL included), so a crashed run never leaves a lock
 behind; the file itself stays (deleting lock files races with other waiters) and holds the pid of
 the last holder, for the message a waiting run prints when it gives up.
+
+Object-store lakes (``s3://``, ``gs://``, ``az://``) have no file locks: a lock file on one machine
+means nothing to a run on another. There, every object write is atomic on its own (see
+:func:`segpipe.lake.put_object`) and the run that owns the partition in Dagster is the lock: two
+runs writing the same partition at the same time must be prevented by the Dagster instance (run
+queue concurrency limits, one backfill at a time), see ``docs/object-store.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ class PartitionLockTimeout(TimeoutError):
 
 def lock_path(lake_dir: str | Path, asset_name: str, partition_key: str | None = None) -> Path:
     """``{lake_dir}/.locks/{asset}/{partition}.lock`` (``__unpartitioned__`` for unpartitioned assets)."""
+    from segpipe.lake import is_remote
+
+    if is_remote(lake_dir):
+        raise ValueError(f"{lake_dir} is an object store: partition locks are local files only "
+                         "(object-store writes rely on Dagster's partition ownership)")
     return Path(lake_dir) / LOCKS_DIR / asset_name / f"{partition_key or UNPARTITIONED}.lock"
 
 
@@ -86,12 +97,20 @@ def partition_lock(
 def write_partition_file(
     lake_dir: str | Path, asset_name: str, partition_key: str | None, path: str | Path,
     write, *, timeout: float = 120.0,
-) -> list[Path]:
+) -> list[str | Path]:
     """Write one file of an asset partition the safe way: hold the partition's lock, remove temp
     files an interrupted writer left for this target, then write atomically
-    (:func:`segpipe.lake.write_atomic` with ``write(fh)``). Returns the stale files removed."""
-    from segpipe.lake import remove_stale_temp_files, write_atomic
+    (:func:`segpipe.lake.write_atomic` with ``write(fh)``). Returns the stale files removed.
 
+    In an object-store lake there is no lock file (see the module docstring): the temp objects of
+    the target are removed and the object is written atomically."""
+    from segpipe.lake import is_remote, remove_stale_temp_files, split_location, write_atomic
+
+    if is_remote(path):
+        folder, name = split_location(path)
+        stale = remove_stale_temp_files(folder, Path(name).stem, older_than=time.time())
+        write_atomic(path, write)
+        return stale
     path = Path(path)
     with partition_lock(lake_dir, asset_name, partition_key, timeout=timeout):
         stale = remove_stale_temp_files(path.parent, path.stem, older_than=time.time())
