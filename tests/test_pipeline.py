@@ -184,3 +184,21 @@ def test_month_by_month_runs_complete_last_months_outcomes(orders_project):
     assert rfm["customers"].sum() == pl.read_parquet(asset_path(lake, "segment_membership", "2025-01-01")).height
     assert _run(orders_project, "2025-01-01", "2025-02-01").success
     assert pl.read_parquet(asset_path(lake, "segment_outcomes", "2025-02-01")).equals(stepwise)
+
+
+def test_a_state_written_before_the_running_sums_upgrades_on_the_next_refresh(orders_project):
+    """A lake from a segpipe whose customer_state had no running sums (nor identity column): the
+    next month's run rebuilds them from the stored monthly rollups and gives the same state and
+    features as a lake built by this version."""
+    from segpipe.features import ROLLING_SCHEMA
+
+    lake = orders_project.parent / "lake"
+    assert _run(orders_project, "2025-01-01", "2025-02-01").success
+    state = pl.read_parquet(asset_path(lake, "customer_state", "2025-02-01"))
+    features = pl.read_parquet(asset_path(lake, "customer_features", "2025-02-01"))
+    assert state["orders_12m"].sum() > 0
+    old = pl.read_parquet(asset_path(lake, "customer_state", "2025-01-01")).drop(*ROLLING_SCHEMA, "identity")
+    old.write_parquet(asset_path(lake, "customer_state", "2025-01-01"))
+    assert _run(orders_project, "2025-02-01").success
+    assert pl.read_parquet(asset_path(lake, "customer_state", "2025-02-01")).equals(state)
+    assert pl.read_parquet(asset_path(lake, "customer_features", "2025-02-01")).equals(features)
