@@ -106,8 +106,9 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "identity_map": dg.AssetIn("identity_map"),
         },
         metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
-            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "identity": FEATURES["identity"][1], "orders": "Orders so far.", "revenue": "Order revenue so far.",
-            "invites": "Invites sent so far.", "features_used": "Distinct features used so far."})},
+            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "identity": FEATURES["identity"][1],
+            "orders": "Orders so far.", "revenue": "Order revenue so far.", "invites": "Invites sent so far.",
+            "features_used": "Distinct features used so far."})},
     )
     def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
                        previous_state: dict[str, pl.LazyFrame], customer_activity_daily: dict[str, pl.LazyFrame],
