@@ -372,33 +372,40 @@ def ingest_source(
         return normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key,
                               epoch_numbers=epoch_numbers)
 
+    def keep(norm: pl.DataFrame, bad: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """The file's rows of the wanted months, and its unparseable lines if they belong to one:
+        only those stay in memory, so memory follows the months asked for, not the source's history."""
+        lines = None
+        if bad.height:
+            # Lines that could not even be parsed belong to their file's home month.
+            dom = norm.filter(pl.col("placeable"))["event_time"].dt.truncate("1mo").dt.date()
+            home = dom.mode().sort().first() if dom.len() else first.date()
+            if home in wanted:
+                lines = bad.with_columns(home=pl.lit(home, dtype=pl.Date))
+        return _home_months(norm, first).filter(pl.col("home").is_in(wanted)), lines
+
     frames: list[pl.DataFrame] = []
-    bad_per_file: list[pl.DataFrame] = []
+    malformed_per_file: list[pl.DataFrame | None] = []
     votes: list[tuple[int, int]] = []
     for path in files:  # one file in memory at a time: bare numbers are provisionally epoch times
         raw = read(path)
         votes.append(time_votes(raw, time_col))
-        frames.append(normalize(raw, True))
-        bad_per_file.append(raw.malformed)
+        rows, lines = keep(normalize(raw, True), raw.malformed)
+        frames.append(rows)
+        malformed_per_file.append(lines)
     if sum(v[0] for v in votes) < sum(v[1] for v in votes):
         # Most of the source's times are date strings: its bare numbers are not times after all.
         # Rare (a mixed source), so only then are the files holding numbers read a second time.
         for i, path in enumerate(files):
             if votes[i][0]:
-                frames[i] = normalize(read(path), False)
-    malformed: list[pl.DataFrame] = []
-    for norm, bad in zip(frames, bad_per_file):
-        if bad.height:
-            # Lines that could not even be parsed belong to their file's home month.
-            dom = norm.filter(pl.col("placeable"))["event_time"].dt.truncate("1mo").dt.date()
-            home = dom.mode().sort().first() if dom.len() else first.date()
-            malformed.append(bad.with_columns(home=pl.lit(home, dtype=pl.Date)))
+                raw = read(path)
+                frames[i], malformed_per_file[i] = keep(normalize(raw, False), raw.malformed)
+    malformed = [m for m in malformed_per_file if m is not None]
     allrows = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
-        schema={**INGESTED_SCHEMA, "reason": pl.String, "placeable": pl.Boolean, "raw": pl.String}
+        schema={**INGESTED_SCHEMA, "reason": pl.String, "placeable": pl.Boolean, "raw": pl.String, "home": pl.Date}
     )
-    allrows = _home_months(allrows, first).filter(pl.col("home").is_in(wanted))
     bad_lines = (
-        pl.concat(malformed).filter(pl.col("home").is_in(wanted)) if malformed
+        pl.concat(malformed) if malformed
         else pl.DataFrame(schema={**QUARANTINE_SCHEMA, "home": pl.Date})
     )
 

@@ -1,0 +1,174 @@
+"""Scale benchmark: the whole pipeline as users run it, at growing customer counts.
+
+Not a test: it prints figures and ratios. For each size (customers x 24 months) it
+
+1. generates the sample with ``segpipe sample`` (reused when its ``manifest.json`` matches),
+2. builds the whole history in one run, as an analyst's backfill does:
+   ``segpipe run --from <month 1> --to <month 24>``,
+3. refreshes month 1 and month 24 alone, as the monthly schedule does:
+   ``segpipe run --from M --to M`` (inputs of the other months already in the lake),
+
+each ``segpipe run`` in its own process, measured with ``os.wait4`` (wall, cpu, peak RSS of that
+process: the whole Dagster run executes in it with the default in-process executor). Per asset it
+reads the step times of the run from the project's Dagster instance. It reports month 24 / month 1
+for the refresh (target 1.5), the refresh's peak RSS (target at 3M customers: under 4 GiB) and, across
+sizes, wall time per customer (target: no faster than linear growth).
+
+Usage::
+
+    .venv/bin/python bench/scale.py --sizes 20000            # a minute or two
+    .venv/bin/python bench/scale.py --sizes 200000           # ~25 minutes on 2 cores
+    .venv/bin/python bench/scale.py                          # 200k, 1M, 3M (hours; ~50 GB of sample at 3M)
+
+Both single-month refreshes run after the whole history is in place, so both list and read every
+raw file of each source (ingestion finds a month's rows wherever they are): at small sizes that scan
+dominates, and the month 24 / month 1 figure here does not show how the raw scan grows with the
+number of files; ``bench/features.py`` measures the feature store alone.
+
+Customer-hash buckets (issue #8) do not exist yet, so there is no bucket-parallelism figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEFAULT_OUT = ROOT / "bench" / "out" / "scale"
+START = "2024-11"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def month_keys(months: int) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from segpipe.timeutil import month_key, month_range, month_start, next_month
+
+    return month_range(START, month_key(next_month(month_start(START), months - 1)))
+
+
+def measured(cmd: list[str], cwd: Path, env: dict) -> dict:
+    """Run ``cmd`` to completion; wall, cpu (user + system) and peak RSS of the process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024, "out": out}
+
+
+def step_times(home: Path) -> dict[str, float]:
+    """Wall seconds per step of the latest run in the instance at ``home``."""
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        run = instance.get_runs(limit=1)[0]
+        stats = instance.get_run_step_stats(run.run_id)
+    return {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in stats if s.start_time}
+
+
+def project(base: Path, customers: int, months: int) -> Path:
+    """A project folder: the sample, a segpipe.yaml pointed at it, its own lake and instance."""
+    sample = base / "data" / "sample"
+    manifest = sample / "manifest.json"
+    wanted = {"customers": customers, "months": months, "start": START}
+    if manifest.is_file():
+        have = json.loads(manifest.read_text()).get("parameters", {})
+        if any(have.get(k) != v for k, v in wanted.items()):
+            shutil.rmtree(sample)
+    cfg = yaml.safe_load((ROOT / "segpipe.yaml").read_text())
+    cfg["first_month"] = START
+    cfg["lake_dir"] = "lake"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "segpipe.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return base / "segpipe.yaml"
+
+
+def run_size(customers: int, months: int, out: Path, keep: bool) -> dict:
+    base = out / f"c{customers}_m{months}"
+    config = project(base, customers, months)
+    env = {**os.environ, "SEGPIPE_CONFIG": str(config), "DAGSTER_HOME": str(base / ".dagster_home"),
+           "SEGPIPE_PSEUDONYMIZATION_KEY": os.environ.get("SEGPIPE_PSEUDONYMIZATION_KEY", "bench-key-not-secret")}
+    segpipe = str(BIN / "segpipe")
+    keys = month_keys(months)
+    res: dict = {"customers": customers, "months": months}
+    if not (base / "data" / "sample" / "manifest.json").is_file():
+        log(f"{customers:,} customers: generating the sample")
+        res["sample"] = measured([segpipe, "sample", "--customers", str(customers), "--months", str(months),
+                                  "--start", START], base, env)
+    shutil.rmtree(base / "lake", ignore_errors=True)
+    shutil.rmtree(base / ".dagster_home", ignore_errors=True)
+    log(f"{customers:,} customers: whole history, {len(keys)} months in one run")
+    res["history"] = measured([segpipe, "run", "--from", keys[0][:7], "--to", keys[-1][:7]], base, env)
+    res["history"]["steps"] = step_times(base / ".dagster_home")
+    for label, key in (("month_1", keys[0]), (f"month_{len(keys)}", keys[-1])):
+        log(f"{customers:,} customers: refresh of {key[:7]} alone")
+        res[label] = measured([segpipe, "run", "--from", key[:7], "--to", key[:7]], base, env)
+        res[label]["steps"] = step_times(base / ".dagster_home")
+    for part in ("sample", "history", "month_1", f"month_{len(keys)}"):
+        res.get(part, {}).pop("out", None)
+    if not keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return res
+
+
+def report(results: list[dict]) -> str:
+    lines = [f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}", ""]
+    lines.append("size        stage                     wall s     cpu s   peak RSS MiB")
+    for r in results:
+        last = f"month_{r['months']}"
+        for part in ("sample", "history", "month_1", last):
+            if part in r:
+                p = r[part]
+                lines.append(f"{r['customers']:>10,}  {part:<22} {p['wall']:>9.1f} {p['cpu']:>9.1f} {p['rss_mib']:>14,.0f}")
+        one, last_r = r["month_1"], r[last]
+        lines.append(f"{'':>10}  month {r['months']} / month 1 refresh: wall {last_r['wall'] / one['wall']:.2f}, "
+                     f"cpu {last_r['cpu'] / one['cpu']:.2f} -> target <= 1.5 "
+                     f"{'MET' if max(last_r['wall'] / one['wall'], last_r['cpu'] / one['cpu']) <= 1.5 else 'FAILS'}")
+        slow = sorted(last_r["steps"].items(), key=lambda kv: -kv[1])[:6]
+        lines.append(f"{'':>10}  slowest steps of the month-{r['months']} refresh: "
+                     + ", ".join(f"{k} {v:.1f}s" for k, v in slow))
+    if len(results) > 1:
+        base = results[0]
+        for r in results[1:]:
+            last = f"month_{r['months']}"
+            grow = r["customers"] / base["customers"]
+            lines.append(f"refresh wall {base['customers']:,} -> {r['customers']:,} customers (x{grow:.1f}): "
+                         f"x{r[last]['wall'] / base[last]['wall']:.2f}; peak RSS x{r[last]['rss_mib'] / base[last]['rss_mib']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="200000,1000000,3000000", help="customers per size, comma separated")
+    ap.add_argument("--months", type=int, default=24)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--keep", action="store_true", help="keep each size's sample, lake and instance")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    a = ap.parse_args(argv)
+    results = [run_size(int(s), a.months, a.out, a.keep) for s in a.sizes.split(",") if s.strip()]
+    text = report(results)
+    print(text)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
