@@ -41,7 +41,13 @@ def feature_matrix(features: pl.DataFrame, columns: list[str]) -> np.ndarray:
 
 def choose_k(x: np.ndarray, cfg: ClusteringConfig) -> tuple[int, dict[int, float], np.ndarray]:
     """k in [k_min, k_max] with the best sampled silhouette among ks whose smallest cluster holds
-    at least ``min_segment_share`` (cost: one k-means per k plus a silhouette on <= sample rows)."""
+    at least ``min_segment_share`` (cost: one k-means per k on at most ``fit_sample`` rows plus a
+    silhouette on at most ``silhouette_sample`` of them, whatever the number of customers)."""
+    if x.shape[0] > cfg.fit_sample:
+        # a seeded sample of its own, so that below fit_sample the draws (and results) stay as they were
+        fit_rows = np.sort(np.random.default_rng(cfg.random_state + 1).choice(x.shape[0], size=cfg.fit_sample,
+                                                                                replace=False))
+        x = x[fit_rows]
     n = x.shape[0]
     rng = np.random.default_rng(cfg.random_state)
     sample = np.sort(rng.choice(n, size=min(n, cfg.silhouette_sample), replace=False))

@@ -170,6 +170,12 @@ class ClusteringConfig(_Model):
         default=5_000, ge=100, le=20_000,
         description="Rows sampled to score each k by silhouette (cost grows with its square).",
     )
+    fit_sample: int = Field(
+        default=200_000, ge=1_000,
+        description="At most this many customers (a seeded random sample) fit the k-means models of each k; "
+        "every customer is then assigned to the nearest centroid. Keeps the fit's cost bounded at millions "
+        "of customers.",
+    )
     min_segment_share: float = Field(
         default=0.02, ge=0, lt=0.5, description="A k whose smallest cluster is below this share is rejected."
     )

@@ -191,3 +191,24 @@ def test_rfm_thresholds_reproduce_quintiles_and_then_stay_fixed():
     fixed = score_rfm(later, cfg, t)
     assert fixed["r_score"].drop_nulls().to_list() == [2, 2, 2, 2, 2, 2, 1, 1, 1, 1]  # -31..-60 reach only -60
     assert score_rfm(later, cfg)["r_score"].drop_nulls().max() == 5  # re-ranked quintiles hide the lapse
+
+
+def test_k_means_fits_on_a_seeded_sample_and_assigns_everyone():
+    """Above clustering.fit_sample customers, k and the centroids come from a seeded sample (the fit's
+    cost stays bounded at millions of customers) and every customer is assigned: the clusters agree
+    with a fit on all rows."""
+    from sklearn.metrics import adjusted_rand_score
+
+    frame = pl.concat([_blobs(seed, dt.date(2025, 1, 1)).with_columns(pl.col("customer_id") + f"-{seed}")
+                       for seed in range(10)])  # 3,000 customers
+    full = fit_cluster_model(frame, CFG)
+    sampled_cfg = CFG.model_copy(update={"fit_sample": 1_000})
+    sampled = fit_cluster_model(frame, sampled_cfg)
+    assert sampled.frame.height == full.frame.height == 3
+    assert not np.allclose(sampled.centroids(), full.centroids())  # fitted on other rows
+    ids_full, _ = full.assign(frame)
+    ids_sampled, _ = sampled.assign(frame)
+    assert ids_sampled.len() == frame.height and ids_sampled.null_count() == 0
+    assert adjusted_rand_score(ids_full.to_list(), ids_sampled.to_list()) > 0.95
+    again = fit_cluster_model(frame, sampled_cfg)
+    assert again.frame.drop("fitted_on").equals(sampled.frame.drop("fitted_on"))
