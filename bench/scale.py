@@ -43,6 +43,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from segpipe.timeutil import month_key, month_range, month_start, next_month  # noqa: E402
+
 BIN = Path(sys.executable).parent
 DEFAULT_OUT = ROOT / "bench" / "out" / "scale"
 START = "2024-11"
@@ -53,9 +58,6 @@ def log(msg: str) -> None:
 
 
 def month_keys(months: int) -> list[str]:
-    sys.path.insert(0, str(ROOT))
-    from segpipe.timeutil import month_key, month_range, month_start, next_month
-
     return month_range(START, month_key(next_month(month_start(START), months - 1)))
 
 

@@ -766,10 +766,9 @@ def build_features(
     cats = (
         state.select("customer_id", "category_12m").explode("category_12m").unnest("category_12m")
         .drop_nulls("category")
-        .with_columns(pl.col("cents").cast(pl.Float64).truediv(100).alias("revenue"),
-                      # integer cents: the total does not depend on summation order, so re-runs match
-                      (pl.col("cents") / pl.col("cents").sum().over("customer_id")).alias("share"))
-        .sort("customer_id", "revenue", "category", descending=[False, True, False])
+        # integer cents: the total does not depend on summation order, so re-runs match
+        .with_columns((pl.col("cents") / pl.col("cents").sum().over("customer_id")).alias("share"))
+        .sort("customer_id", "cents", "category", descending=[False, True, False])
         .group_by("customer_id", maintain_order=True)
         .agg(pl.col("category").first().alias("dominant_category"),
              pl.struct("category", "share").sort_by("category").alias("category_share"))

@@ -8,6 +8,7 @@ Debian's Chromium driven by Playwright (never a downloaded browser build).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -82,6 +83,57 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     if answer.get("errors"):
         raise AssertionError(f"GraphQL errors: {answer['errors']}")
     return answer["data"]
+
+
+_LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions runs(limit: 500) { runId status } }
+    ... on PythonError { message }
+  }
+}"""
+_NODES = "{ assetNodes { assetKey { path } } }"
+_DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+
+
+def last_complete_months(n: int) -> list[str]:
+    """Partition keys of the ``n`` months ending with the last complete one. An asset backfill also
+    targets the later months of the cumulative assets (customer_state needs the month before), so a
+    backfilled history must reach the last partition whatever day the suite runs."""
+    from segpipe.timeutil import month_key, month_range, month_start, next_month
+
+    this_month = month_start(dt.datetime.now(dt.timezone.utc))
+    return month_range(month_key(next_month(this_month, -n)), month_key(next_month(this_month, -1)))
+
+
+def backfill_all_assets(url: str, months: list[str], *, title: str, timeout: float,
+                        poll: float = 5) -> tuple[str, dict]:
+    """Launch an asset backfill of every asset over ``months`` through the webserver's GraphQL API
+    (as the UI's "Materialize all -> backfill" does) and wait until it ends or ``timeout`` seconds
+    pass; returns the backfill id and its last status (``status``, ``runs``)."""
+    keys = [n["assetKey"]["path"] for n in graphql(url, _NODES)["assetNodes"]]
+    assert len(keys) >= 20, keys
+    launched = graphql(url, _LAUNCH, {"params": {
+        "partitionNames": months, "assetSelection": [{"path": k} for k in keys], "fromFailure": False,
+        "title": title}})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline, status = time.time() + timeout, {}
+    while time.time() < deadline:
+        status = graphql(url, _STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+        if status["status"] in _DONE:
+            break
+        time.sleep(poll)
+    return launched["backfillId"], status
 
 
 class Webserver:

@@ -38,7 +38,8 @@ def frame(rows: list[dict]) -> pl.DataFrame:
 
 def incremental_features(events: pl.DataFrame, months: list[str], spec: FeaturesConfig = SPEC,
                          anonymous: tuple[str, ...] = ()):
-    """Run the incremental path month by month, exactly as the assets do: yields (month, features)."""
+    """Run the incremental path month by month, exactly as the assets do: yields (month, features
+    as a LazyFrame, built only when collected)."""
     state, dailies, monthlies = None, [], []
     for m in months:
         lo = dt.datetime.fromisoformat(m).replace(tzinfo=UTC)
@@ -56,14 +57,14 @@ def incremental_features(events: pl.DataFrame, months: list[str], spec: Features
         monthlies.append(mo)
         # identity kinds from the state, as the customer_features asset does
         yield m, build_features(state.lazy(), pl.concat(dailies).lazy(), pl.concat(monthlies).lazy(), None,
-                                month=m, spec=spec).collect()
+                                month=m, spec=spec)
 
 
 def features_for(events: pl.DataFrame, month: str, spec: FeaturesConfig = SPEC, first: str | None = None,
                  anonymous: tuple[str, ...] = ()) -> pl.DataFrame:
     """Features of ``month`` by the incremental path from ``first`` (default: the first event's month)."""
     keys = month_range(first or month_key(events["event_time"].min()), month)
-    return list(incremental_features(events, keys, spec, anonymous))[-1][1]
+    return list(incremental_features(events, keys, spec, anonymous))[-1][1].collect()
 
 
 def row(f: pl.DataFrame, cid: str) -> dict:
@@ -360,7 +361,8 @@ def test_running_sums_keep_long_windows_exact_as_months_leave_them(long_sample):
     ev = long_sample.with_columns(day=pl.col("event_time").dt.date())
     months = month_range("2023-11", "2025-03")
     checked = 0
-    for m, inc in incremental_features(long_sample, months):
+    for m, snapshot in incremental_features(long_sample, months):
+        inc = snapshot.collect()
         end = next_month(month_start(m)).date()
         if m >= "2024-10-01":  # (a) at least 12 months of history: every span has lost months
             upto = long_sample.filter(pl.col("event_time") < next_month(month_start(m))).lazy()

@@ -9,10 +9,8 @@ written to SQLite files in DAGSTER_HOME.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -21,40 +19,10 @@ import yaml
 from segpipe.cli import main
 from segpipe.instance import POSTGRES_ENV, instance_yaml
 from segpipe.lake import asset_path
-from segpipe.timeutil import month_key, month_range, month_start, next_month
 from tests import pg_support
-from tests.browser_support import REPO, Webserver, graphql, make_sample_project, materialize
+from tests.browser_support import REPO, Webserver, backfill_all_assets, last_complete_months, make_sample_project, materialize
 
 ASSETS = ("customer_state", "customer_features", "segment_membership", "segment_outcomes", "segment_migration")
-
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on InvalidSubsetError { message }
-  }
-}"""
-STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status numPartitions runs(limit: 500) { runId status } }
-    ... on PythonError { message }
-  }
-}"""
-NODES = "{ assetNodes { assetKey { path } } }"
-DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
-
-
-def recent_months() -> tuple[str, list[str]]:
-    """The month four months back, and the three after it (the last three complete months). An
-    asset backfill of months that end before the last partition also targets every later
-    partition of the self-dependent (cumulative) assets, so the backfill ends at the last one."""
-    this_month = month_start(dt.datetime.now(dt.timezone.utc))
-    return month_key(next_month(this_month, -4)), month_range(month_key(next_month(this_month, -3)),
-                                                              month_key(next_month(this_month, -1)))
 
 
 @pytest.fixture
@@ -130,7 +98,7 @@ def test_a_month_and_a_3_month_daemon_backfill_recorded_in_postgres(pg, tmp_path
     from assets.partitions import monthly_partitions
     from segpipe.config import load_config
 
-    first, backfill = recent_months()
+    first, *backfill = last_complete_months(4)  # one month in process, then the last three as a backfill
     config = make_sample_project(tmp_path, customers=200, months=4, start=first[:7])
     assert monthly_partitions(load_config(config)).get_last_partition_key() == backfill[-1]
     home = tmp_path / "dagster_home"
@@ -158,18 +126,7 @@ def test_a_month_and_a_3_month_daemon_backfill_recorded_in_postgres(pg, tmp_path
     server = Webserver(config, home, daemon=True).start()
     try:
         url = server.wait(180)
-        keys = [n["assetKey"]["path"] for n in graphql(url, NODES)["assetNodes"]]
-        launched = graphql(url, LAUNCH, {"params": {
-            "partitionNames": backfill, "assetSelection": [{"path": k} for k in keys], "fromFailure": False,
-            "title": "3 months on PostgreSQL"}})["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        backfill_id = launched["backfillId"]
-        deadline, bf = time.time() + 780, {}
-        while time.time() < deadline:
-            bf = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-            if bf["status"] in DONE:
-                break
-            time.sleep(3)
+        backfill_id, bf = backfill_all_assets(url, backfill, title="3 months on PostgreSQL", timeout=780, poll=3)
         assert bf.get("status") in ("COMPLETED", "COMPLETED_SUCCESS"), (
             f"backfill {bf}\n{failures(pg)}\n{server.log()[-4000:]}")
     finally:
