@@ -330,14 +330,32 @@ def reference(lake: Path) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, ref.height
 
 
+#: Phases of one size, in order (``--stop-after``).
+PHASES = ("sample", "upstream", "full_glob_ingest", "features", "refresh", "reference")
+
+
 # -- one size, in its own process ------------------------------------------------------------------
+class StopAfter(Exception):
+    """Raised by ``run_size`` once the phase given to ``--stop-after`` is saved."""
+
+
 def run_size(customers: int, months: int, out: Path, result_path: Path, repeat: int, check_glob: bool,
-             reuse_upstream: bool) -> None:
+             reuse_upstream: bool, stop_after: str | None = None) -> None:
+    try:
+        _run_size(customers, months, out, result_path, repeat, check_glob, reuse_upstream, stop_after)
+    except StopAfter:
+        log(f"  stopped after phase {stop_after!r} (--stop-after)")
+
+
+def _run_size(customers: int, months: int, out: Path, result_path: Path, repeat: int, check_glob: bool,
+              reuse_upstream: bool, stop_after: str | None) -> None:
     res: dict = {"customers": customers, "months": months, "phases_done": [], "code": code_fingerprint()}
 
     def save(phase: str) -> None:
         res["phases_done"].append(phase)
         result_path.write_text(json.dumps(res, indent=1, default=str))
+        if phase == stop_after:
+            raise StopAfter(phase)
 
     t_all = time.perf_counter()
     base = out / f"c{customers}_m{months}"
@@ -590,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated samples and lake (default: delete each size's folder when done)")
     ap.add_argument("--reuse-upstream", action="store_true", help="reuse the behavioral events of an earlier --keep run")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures as JSON here")
+    ap.add_argument("--stop-after", choices=PHASES, default=None,
+                    help="stop each size after this phase (e.g. 'upstream' to prepare a sample and its lake "
+                         "for later --reuse-upstream runs)")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check-glob", action="store_true", help=argparse.SUPPRESS)
@@ -603,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if a.one is not None:
-        run_size(a.one, a.months, a.out, a.result, a.repeat, a.check_glob, a.reuse_upstream)
+        run_size(a.one, a.months, a.out, a.result, a.repeat, a.check_glob, a.reuse_upstream, a.stop_after)
         return 0
 
     sizes = [20_000] if a.quick else [int(s) for s in a.sizes.split(",") if s.strip()]
@@ -633,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.append("--check-glob")
         if a.reuse_upstream:
             cmd.append("--reuse-upstream")
+        if a.stop_after:
+            cmd += ["--stop-after", a.stop_after]
         started = time.perf_counter()
         try:
             proc = subprocess.run(cmd, timeout=left)

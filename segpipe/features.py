@@ -412,6 +412,7 @@ def update_customer_state(
     if month is None:
         raise ValueError("update_customer_state: month is required with a previous state")
     if identity is not None:
+        identity = identity.select("customer_id", "identity").collect().lazy()  # read by two parts of the plan
         previous = keep_current(previous, identity, month=month, spec=spec)
     if not all(c in previous.collect_schema().names() for c in ROLLING_SCHEMA):
         # a state written before the running sums existed: rebuild them from the 12 rollups before
