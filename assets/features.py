@@ -3,9 +3,9 @@
 import dagster as dg
 import polars as pl
 
+from assets.buckets import bucketed_asset
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
 from assets.partitions import PREVIOUS_MONTH, monthly_partitions
-from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.features import (
     FEATURES,
@@ -24,6 +24,8 @@ from segpipe.features import (
     leaving_months,
     monthly_months,
     update_customer_state,
+    usage_thresholds,
+    usage_tier,
 )
 from segpipe.identity import IDENTITY_KINDS, customer_identity
 from segpipe.timeutil import month_key, month_range, month_start, next_month
@@ -65,59 +67,45 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     common = dict(partitions_def=monthly, group_name="features", kinds={"polars", "parquet"}, owners=[OWNER],
                   backfill_policy=dg.BackfillPolicy.single_run())
 
-    @dg.asset(**common, metadata={"dagster/column_schema": column_schema(daily_schema(spec), _ROLLUP_DESCRIPTIONS)})
-    def customer_activity_daily(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
-                                behavioral_events: dict[str, pl.LazyFrame]):
-        """Per customer and UTC day of the month: orders, revenue, app, email, web and intent counts,
-        split by channel and part of day. Exact day windows of the features come from these rows."""
-        out = {}
-        for pk in partitions_of(context):
-            daily = build_activity_daily(require(behavioral_events, pk, "behavioral_events"), spec=segpipe.config().features).collect()
-            out[pk] = daily
-            context.add_asset_metadata({"dagster/row_count": daily.height,
-                                        "active_customers": daily["customer_id"].n_unique()}, partition_key=pk)
-        return out
+    def daily_compute(context, inputs, _whole):
+        spec_ = context.resources.segpipe.config().features
+        events = inputs["behavioral_events"]
+        return {pk: build_activity_daily(require(events, pk, "behavioral_events"), spec=spec_).collect()
+                for pk in partitions_of(context)}
 
-    @dg.asset(**common, metadata={"dagster/column_schema": column_schema(MONTHLY_SCHEMA, _ROLLUP_DESCRIPTIONS)})
-    def customer_activity_monthly(context: dg.AssetExecutionContext, behavioral_events: dict[str, pl.LazyFrame],
-                                  customer_activity_daily: dict[str, pl.LazyFrame]):
-        """Per customer active in the month: activity, order revenue by category, features used, and
-        the month's sums of the daily counters (windows of 90 days and more read these)."""
-        out = {}
-        for pk in partitions_of(context):
-            roll = build_activity_monthly(require(behavioral_events, pk, "behavioral_events"), month=pk,
-                                          daily=require(customer_activity_daily, pk, "customer_activity_daily")).collect()
-            out[pk] = roll
-            context.add_asset_metadata(
-                {"dagster/row_count": roll.height, "active_customers": roll.height,
-                 "buyers": roll.filter(pl.col("orders") > 0).height},
-                partition_key=pk,
-            )
-        return out
+    def daily_report(pk: str, daily: pl.LazyFrame) -> dict:
+        row = daily.select(pl.len(), pl.col("customer_id").n_unique()).collect().row(0)
+        return {"dagster/row_count": row[0], "active_customers": row[1]}
 
-    @dg.asset(
-        **common,
-        ins={
-            "previous_state": dg.AssetIn("customer_state", partition_mapping=PREVIOUS_MONTH),
-            # this month's rollups, and the months leaving the running sums (M-12, M-6; all 12 when
-            # the previous state predates the running sums). Loaded lazily: only those are read.
-            "customer_activity_daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
-            "customer_activity_monthly": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_13_MONTHS),
-            "identity_map": dg.AssetIn("identity_map"),
-        },
-        metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
-            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "identity": FEATURES["identity"][1],
-            "orders": "Orders so far.", "revenue": "Order revenue so far.", "invites": "Invites sent so far.",
-            "features_used": "Distinct features used so far."})},
-    )
-    def customer_state(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
-                       previous_state: dict[str, pl.LazyFrame], customer_activity_daily: dict[str, pl.LazyFrame],
-                       customer_activity_monthly: dict[str, pl.LazyFrame], identity_map: dict[str, pl.LazyFrame]):
-        """Cumulative state per customer: lifetime aggregates (first/last times, orders, purchase
-        days, revenue, journey markers) and running 6- and 12-month sums (orders, revenue, active
-        months, category spend), the previous month's state plus this month's rollups less the
-        months leaving the sums. Ids merged into another customer by identity stitching, and
-        anonymous visitors idle for longer than features.anonymous_retention_days, are dropped."""
+    customer_activity_daily = bucketed_asset(
+        "customer_activity_daily", ins={"behavioral_events": dg.AssetIn("behavioral_events")},
+        size_inputs={"behavioral_events": "events"}, compute=daily_compute, report=daily_report,
+        description="Per customer and UTC day of the month: orders, revenue, app, email, web and intent counts, "
+                    "split by channel and part of day. Exact day windows of the features come from these rows.",
+        metadata={"dagster/column_schema": column_schema(daily_schema(spec), _ROLLUP_DESCRIPTIONS)}, **common)
+
+    def monthly_compute(context, inputs, _whole):
+        return {pk: build_activity_monthly(
+            require(inputs["behavioral_events"], pk, "behavioral_events"), month=pk,
+            daily=require(inputs["customer_activity_daily"], pk, "customer_activity_daily")).collect()
+            for pk in partitions_of(context)}
+
+    def monthly_report(pk: str, roll: pl.LazyFrame) -> dict:
+        n, buyers = roll.select(pl.len(), (pl.col("orders") > 0).sum()).collect().row(0)
+        return {"dagster/row_count": n, "active_customers": n, "buyers": buyers}
+
+    customer_activity_monthly = bucketed_asset(
+        "customer_activity_monthly",
+        ins={"behavioral_events": dg.AssetIn("behavioral_events"),
+             "customer_activity_daily": dg.AssetIn("customer_activity_daily")},
+        size_inputs={"behavioral_events": "events"}, compute=monthly_compute, report=monthly_report,
+        description="Per customer active in the month: activity, order revenue by category, features used, and "
+                    "the month's sums of the daily counters (windows of 90 days and more read these).",
+        metadata={"dagster/column_schema": column_schema(MONTHLY_SCHEMA, _ROLLUP_DESCRIPTIONS)}, **common)
+
+    def state_compute(context, inputs, _whole):
+        previous_state = inputs["previous_state"]
+        customer_activity_daily, customer_activity_monthly = inputs["customer_activity_daily"], inputs["customer_activity_monthly"]
         keys = partitions_of(context)
         first_partition = monthly.get_first_partition_key()
         prev_key = month_key(next_month(month_start(keys[0]), -1))
@@ -145,68 +133,101 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 prev.lazy() if prev is not None else None,
                 require(customer_activity_daily, pk, "customer_activity_daily"),
                 require(customer_activity_monthly, pk, "customer_activity_monthly"),
-                spec=segpipe.config().features,
-                identity=customer_identity(require(identity_map, pk, "identity_map")), month=pk,
+                spec=context.resources.segpipe.config().features,
+                identity=customer_identity(require(inputs["identity_map"], pk, "identity_map")), month=pk,
                 history=pl.concat(history) if history else None,
             ).collect()
             out[pk] = prev = state
-            context.add_asset_metadata(
-                {"dagster/row_count": state.height, "customers": state.height,
-                 "buyers": state.filter(pl.col("orders") > 0).height}, partition_key=pk)
         return out
 
-    @dg.asset(
-        **common,
+    def state_report(pk: str, state: pl.LazyFrame) -> dict:
+        n, buyers = state.select(pl.len(), (pl.col("orders") > 0).sum()).collect().row(0)
+        return {"dagster/row_count": n, "customers": n, "buyers": buyers}
+
+    customer_state = bucketed_asset(
+        "customer_state",
         ins={
-            "customer_state": dg.AssetIn("customer_state"),
-            "daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
-            "monthly_rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_4_MONTHS),
+            "previous_state": dg.AssetIn("customer_state", partition_mapping=PREVIOUS_MONTH),
+            # this month's rollups, and the months leaving the running sums (M-12, M-6; all 12 when
+            # the previous state predates the running sums). Loaded lazily: only those are read.
+            "customer_activity_daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
+            "customer_activity_monthly": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_13_MONTHS),
             "identity_map": dg.AssetIn("identity_map"),
         },
-        metadata={"dagster/column_schema": column_schema(feature_schema(spec), feature_definitions(spec)),
-                  "feature_families": dg.MetadataValue.json(
-                      {fam: [c for c, (f, _) in FEATURES.items() if f == fam]
-                       for fam in dict.fromkeys(f for f, _ in FEATURES.values())})},
-    )
-    def customer_features(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
-                          customer_state: dict[str, pl.LazyFrame], daily: dict[str, pl.LazyFrame],
-                          monthly_rollups: dict[str, pl.LazyFrame], identity_map: dict[str, pl.LazyFrame]):
-        """One row per customer seen up to the end of the month: behavioral features of eight
-        families (purchase/RFM with BTYD summary, usage, occasion, benefits, loyalty, journey,
-        channel, intent) as of the month's end. Column descriptions give each definition."""
-        spec_ = segpipe.config().features
+        size_inputs={"previous_state": "customers", "customer_activity_monthly": "customers"}, compute=state_compute, report=state_report,
+        description="Cumulative state per customer: lifetime aggregates (first/last times, orders, purchase days, "
+                    "revenue, journey markers) and running 6- and 12-month sums (orders, revenue, active months, "
+                    "category spend), the previous month's state plus this month's rollups less the months leaving "
+                    "the sums. Ids merged into another customer by identity stitching, and anonymous visitors idle "
+                    "for longer than features.anonymous_retention_days, are dropped.",
+        metadata={"dagster/column_schema": column_schema(_state_schema(spec), {
+            **_ROLLUP_DESCRIPTIONS, **ROLLING_DESCRIPTIONS, "identity": FEATURES["identity"][1],
+            "orders": "Orders so far.", "revenue": "Order revenue so far.", "invites": "Invites sent so far.",
+            "features_used": "Distinct features used so far."})},
+        **common)
+
+    def features_compute(context, inputs, _whole):
+        spec_ = context.resources.segpipe.config().features
+        daily, monthly_rollups = inputs["daily"], inputs["monthly_rollups"]
         out = {}
         for pk in partitions_of(context):
             win = [daily[k] for k in daily_months(pk) if k in daily]
             # rollups written by an older segpipe get the window counters from their daily rows
             mon = [complete_monthly(monthly_rollups[k], daily.get(k), month=k) for k in monthly_months(pk)
                    if k in monthly_rollups]
-            state = require(customer_state, pk, "customer_state")
+            state = require(inputs["customer_state"], pk, "customer_state")
             # the state carries the month's identity kinds; a state written before it did gets them here
             identity = (None if "identity" in state.collect_schema().names()
-                        else customer_identity(require(identity_map, pk, "identity_map")))
-            feats = build_features(
+                        else customer_identity(require(inputs["identity_map"], pk, "identity_map")))
+            out[pk] = build_features(
                 state,
                 pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec_)),
                 pl.concat(mon) if mon else pl.LazyFrame(schema=MONTHLY_SCHEMA),
                 identity, month=pk, spec=spec_,
             ).collect()
-            out[pk] = feats
-            buyers = feats.filter(pl.col("orders_lifetime") > 0)
-            context.add_asset_metadata(
-                {
-                    "dagster/row_count": feats.height,
-                    "customers": feats.height,
-                    "buyers": buyers.height,
-                    "repeat_buyers": int(feats["repeat_buyer"].sum()),
-                    "lapsed_share": float(feats["lapsed"].mean() or 0.0),
-                    "revenue_lifetime": float(feats["revenue_lifetime"].sum()),
-                    "median_recency_days": float(buyers["recency_days"].median() or 0.0),
-                    **{f"identity_{k}": feats.filter(pl.col("identity") == k).height for k in IDENTITY_KINDS},
-                    "preview": preview(feats.drop("category_share")),
-                },
-                partition_key=pk,
-            )
         return out
+
+    def features_finish(context, pk: str, feats: pl.LazyFrame) -> pl.LazyFrame:
+        # usage tiers are quantiles over all customers: computed again on the merged buckets
+        spec_ = context.resources.segpipe.config().features
+        return feats.with_columns(usage_tier(spec_, usage_thresholds(feats, spec_)))
+
+    def features_report(pk: str, feats: pl.LazyFrame) -> dict:
+        buyer = pl.col("orders_lifetime") > 0
+        row = feats.select(
+            pl.len().alias("n"), buyer.sum().alias("buyers"), pl.col("repeat_buyer").sum().alias("repeat"),
+            pl.col("lapsed").mean().alias("lapsed"), pl.col("revenue_lifetime").sum().alias("revenue"),
+            pl.col("recency_days").filter(buyer).median().alias("recency"),
+            *[(pl.col("identity") == k).sum().alias(f"identity_{k}") for k in IDENTITY_KINDS],
+        ).collect().row(0, named=True)
+        return {
+            "dagster/row_count": row["n"],
+            "customers": row["n"],
+            "buyers": row["buyers"],
+            "repeat_buyers": int(row["repeat"] or 0),
+            "lapsed_share": float(row["lapsed"] or 0.0),
+            "revenue_lifetime": float(row["revenue"] or 0.0),
+            "median_recency_days": float(row["recency"] or 0.0),
+            **{f"identity_{k}": row[f"identity_{k}"] for k in IDENTITY_KINDS},
+            "preview": preview(feats.drop("category_share").head(10).collect()),
+        }
+
+    customer_features = bucketed_asset(
+        "customer_features",
+        ins={
+            "customer_state": dg.AssetIn("customer_state"),
+            "daily": dg.AssetIn("customer_activity_daily", partition_mapping=LAST_13_MONTHS),
+            "monthly_rollups": dg.AssetIn("customer_activity_monthly", partition_mapping=LAST_4_MONTHS),
+            "identity_map": dg.AssetIn("identity_map"),
+        },
+        size_inputs={"customer_state": "customers"}, compute=features_compute, finish=features_finish, report=features_report,
+        description="One row per customer seen up to the end of the month: behavioral features of eight families "
+                    "(purchase/RFM with BTYD summary, usage, occasion, benefits, loyalty, journey, channel, intent) "
+                    "as of the month's end. Column descriptions give each definition.",
+        metadata={"dagster/column_schema": column_schema(feature_schema(spec), feature_definitions(spec)),
+                  "feature_families": dg.MetadataValue.json(
+                      {fam: [c for c, (f, _) in FEATURES.items() if f == fam]
+                       for fam in dict.fromkeys(f for f, _ in FEATURES.values())})},
+        **common)
 
     return [customer_activity_daily, customer_activity_monthly, customer_state, customer_features]

@@ -83,6 +83,7 @@ def build_ingestion_asset(config: SegpipeConfig, source: str) -> dg.AssetsDefini
                     "dagster/row_count": res.rows_kept,
                     "quarantine_rate": stats["rows_quarantined"] / read,
                     "files_scanned": len(res.files),
+                    "files_read": res.files_read,
                     "preview": preview(res.events.drop("email_hash", "phone_hash")),
                 },
                 asset_key=events_key,

@@ -16,14 +16,40 @@ the run that owns the partition in Dagster is the lock (:mod:`segpipe.locks`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from segpipe.lake import asset_path, exists, scan_parquet
+from segpipe.lake import Location, asset_path, exists, lake_join, read_bytes, scan_parquet, write_atomic
 from segpipe.locks import write_partition_file
+
+#: Folder of the lake holding the small values passed between the ops of a graph-backed asset
+#: (bucket numbers, lists of part files), per asset and run:
+#: ``{lake}/_steps/{asset}/{run_id}/{step_key}.{output}.json``.
+STEP_VALUES = "_steps"
+
+
+def write_frame(lake_dir: Location, name: str, key: str | None, frame: pl.DataFrame | pl.LazyFrame,
+                *, timeout: float = 120.0) -> list:
+    """Write an asset (partition) file under its lock, atomically. A LazyFrame is streamed into the
+    file (``sink_parquet``), so it never has to fit in memory. Returns the stale temp files removed."""
+    path = asset_path(lake_dir, name, key)
+    if isinstance(frame, pl.LazyFrame):
+        def write(fh):
+            frame.sink_parquet(fh, compression="zstd", statistics=True)
+    else:
+        def write(fh):
+            frame.write_parquet(fh, compression="zstd", statistics=True)
+    return write_partition_file(lake_dir, name, key, path, write, timeout=timeout)
+
+
+def step_value_path(lake_dir: Location, identifier: list[str]) -> Location:
+    run_id, step_key, *rest = identifier
+    node = step_key.split(".", 1)[0]  # the graph-backed asset the op belongs to
+    return lake_join(lake_dir, STEP_VALUES, node, run_id, f"{step_key}.{'.'.join(rest)}.json")
 
 
 class ParquetIOManager(dg.ConfigurableIOManager):
@@ -38,11 +64,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         return "__".join(key.path)
 
     def _write(self, context: dg.OutputContext, frame: pl.DataFrame, name: str, key: str | None) -> None:
-        path = asset_path(self.lake_dir, name, key)
-        stale = write_partition_file(
-            self.lake_dir, name, key, path,
-            lambda fh: frame.write_parquet(fh, compression="zstd", statistics=True), timeout=self.lock_timeout,
-        )
+        stale = write_frame(self.lake_dir, name, key, frame, timeout=self.lock_timeout)
         if stale:
             context.log.warning(
                 f"{name} {key or ''}: removed {len(stale)} temp file(s) left by an interrupted write: "
@@ -50,7 +72,11 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        if obj is None:
+        if not context.has_asset_key:  # a value passed between the ops of a graph-backed asset
+            write_atomic(step_value_path(self.lake_dir, context.get_identifier()),
+                         lambda fh: fh.write(json.dumps(obj).encode()))
+            return
+        if obj is None:  # the op wrote the asset itself (assets.buckets)
             return
         name = self._name(context.asset_key)
         if context.has_asset_partitions:
@@ -66,6 +92,8 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             self._write(context, obj, name, None)
 
     def load_input(self, context: dg.InputContext):
+        if not context.has_asset_key:
+            return json.loads(read_bytes(step_value_path(self.lake_dir, context.upstream_output.get_identifier())))
         name = self._name(context.asset_key)
         if context.has_asset_partitions:
             out: dict[str, pl.LazyFrame] = {}

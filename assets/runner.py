@@ -14,12 +14,12 @@ from schedules import REFRESH_JOB
 def _progress_hooks(t0: float):
     @dg.success_hook(name="segpipe_progress_ok")
     def ok(context: dg.HookContext) -> None:
-        print(f"  [{time.perf_counter() - t0:7.1f}s] done    {context.op.name}", flush=True)
+        print(f"  [{time.perf_counter() - t0:7.1f}s] done    {context.step_key}", flush=True)
 
     @dg.failure_hook(name="segpipe_progress_failed")
     def failed(context: dg.HookContext) -> None:
         err = context.op_exception
-        print(f"  [{time.perf_counter() - t0:7.1f}s] FAILED  {context.op.name}: {err}", flush=True)
+        print(f"  [{time.perf_counter() - t0:7.1f}s] FAILED  {context.step_key}: {err}", flush=True)
 
     return {ok, failed}
 

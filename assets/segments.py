@@ -3,24 +3,28 @@
 import dagster as dg
 import polars as pl
 
+from assets.buckets import bucketed_asset
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
 from assets.partitions import PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
-from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against, fit_cluster_model
+from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against, fit_cluster_model, null_fills
 from segpipe.config import SegpipeConfig, resolve
 from segpipe.lake import lake_join
 from segpipe.locks import write_partition_file
+from segpipe.schemes import RFM_DIMENSIONS
 from segpipe.segments import (
     MEMBERSHIP_DESCRIPTIONS,
     MEMBERSHIP_SCHEMA,
     OUTCOME_SCHEMA,
     PROFILE_FEATURES,
     PROFILE_SCHEMA,
+    SCHEMES,
     activation_export,
     build_membership,
     build_outcomes,
     build_profiles,
     clusterable,
+    model_rfm_thresholds,
     with_rfm_thresholds,
 )
 from segpipe.timeutil import month_key, month_start, next_month
@@ -111,53 +115,69 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             )
         return out
 
-    @dg.multi_asset(
-        name="segment_customers",
-        ins={"customer_features": dg.AssetIn("customer_features"), "segment_model": dg.AssetIn("segment_model")},
-        outs={
-            "segment_membership": dg.AssetOut(
-                group_name="segments", kinds={"polars", "parquet"}, owners=[OWNER],
-                description="One row per customer with every scheme's segment and the reason: RFM scores and "
-                            "map, rule segment, lifecycle stage, behavioral cluster.",
-                metadata={"dagster/column_schema": column_schema(MEMBERSHIP_SCHEMA, MEMBERSHIP_DESCRIPTIONS)},
-            ),
-            "segment_profiles": dg.AssetOut(
-                group_name="segments", kinds={"polars", "parquet"}, owners=[OWNER],
-                description="Per scheme and segment: size, share of customers and revenue, medians of key "
-                            "features and the playbook action.",
-                metadata={"dagster/column_schema": column_schema(PROFILE_SCHEMA, {
-                    f"median_{c}": f"Median {c} of the segment's customers." for c in PROFILE_FEATURES})},
-            ),
-        },
-        partitions_def=monthly,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        can_subset=False,
-    )
-    def segment_customers(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
-                          customer_features: dict[str, pl.LazyFrame], segment_model: dict[str, pl.LazyFrame]):
-        cfg = segpipe.config()
-        members, profiles = {}, {}
+    def membership_compute(context, inputs, whole):
+        cfg = context.resources.segpipe.config()
+        out = {}
         for pk in partitions_of(context):
-            feats = require(customer_features, pk, "customer_features").collect()
-            model = ClusterModel(require(segment_model, pk, "segment_model").collect())
-            mem = build_membership(feats, model, cfg.segments)
-            prof = build_profiles(mem, feats, cfg.playbook)
-            members[pk], profiles[pk] = mem, prof
-            shares = {f"share_{r['scheme']}_{r['segment']}": r["share_customers"] for r in prof.iter_rows(named=True)
-                      if r["scheme"] in ("rfm", "cluster", "lifecycle")}
-            context.add_asset_metadata(
-                {"dagster/row_count": mem.height, **shares,
-                 "clusters": len(set(mem["cluster_id"].to_list()))},
-                asset_key="segment_membership", partition_key=pk,
-            )
+            feats = require(inputs["customer_features"], pk, "customer_features").collect()
+            model = ClusterModel(require(inputs["segment_model"], pk, "segment_model").collect())
+            if model_rfm_thresholds(model) is None:
+                # a model written before it stored its RFM thresholds: the month's quintiles over all
+                # customers (not the bucket's), from the three RFM columns
+                rfm = cfg.segments.rfm
+                cols = dict.fromkeys([rfm.frequency, *(getattr(rfm, attr) for attr, _ in RFM_DIMENSIONS.values())])
+                model = with_rfm_thresholds(model, whole["customer_features"][pk].select("customer_id", *cols).collect(),
+                                            cfg.segments)
+            # a bucket's customers are assigned with the whole month's fill for missing recency
+            fills = (null_fills(clusterable(whole["customer_features"][pk]), model.features)
+                     if model.frame.height else None)
+            out[pk] = build_membership(feats, model, cfg.segments, fills)
+        return out
+
+    def membership_report(pk: str, mem: pl.LazyFrame) -> dict:
+        n = mem.select(pl.len()).collect().item()
+        shares = {}
+        for scheme in ("rfm", "cluster", "lifecycle"):
+            col = SCHEMES[scheme]
+            counts = mem.group_by(col).len().sort(col).collect()
+            shares.update({f"share_{scheme}_{seg}": c / max(n, 1) for seg, c in counts.iter_rows()})
+        clusters = mem.select(pl.col("cluster_id").n_unique()).collect().item()
+        return {"dagster/row_count": n, **shares, "clusters": clusters}
+
+    segment_membership = bucketed_asset(
+        "segment_membership",
+        ins={"customer_features": dg.AssetIn("customer_features"), "segment_model": dg.AssetIn("segment_model")},
+        shared=("segment_model",), size_inputs={"customer_features": "customers"},
+        compute=membership_compute, report=membership_report,
+        description="One row per customer with every scheme's segment and the reason: RFM scores and map, rule "
+                    "segment, lifecycle stage, behavioral cluster (nearest centroid of the month's model).",
+        group_name="segments", kinds={"polars", "parquet"},
+        metadata={"dagster/column_schema": column_schema(MEMBERSHIP_SCHEMA, MEMBERSHIP_DESCRIPTIONS)}, **common)
+
+    @dg.asset(
+        **common, group_name="segments", kinds={"polars", "parquet"},
+        ins={"segment_membership": dg.AssetIn("segment_membership"), "customer_features": dg.AssetIn("customer_features")},
+        metadata={"dagster/column_schema": column_schema(PROFILE_SCHEMA, {
+            f"median_{c}": f"Median {c} of the segment's customers." for c in PROFILE_FEATURES})},
+    )
+    def segment_profiles(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                         segment_membership: dict[str, pl.LazyFrame], customer_features: dict[str, pl.LazyFrame]):
+        """Per scheme and segment: size, share of customers and revenue, medians of key features and
+        the playbook action."""
+        cfg = segpipe.config()
+        out = {}
+        for pk in partitions_of(context):
+            mem = require(segment_membership, pk, "segment_membership").collect()
+            feats = require(customer_features, pk, "customer_features").select(
+                "customer_id", *dict.fromkeys([*PROFILE_FEATURES, "revenue_365d"])).collect()
+            out[pk] = prof = build_profiles(mem, feats, cfg.playbook)
             context.add_asset_metadata(
                 {"dagster/row_count": prof.height,
                  "profiles": preview(prof.select("scheme", "segment", "customers", pl.col("share_customers").round(3),
                                                  pl.col("share_revenue").round(3), "playbook_action"), 60)},
-                asset_key="segment_profiles", partition_key=pk,
+                partition_key=pk,
             )
-        yield dg.Output(members, output_name="segment_membership")
-        yield dg.Output(profiles, output_name="segment_profiles")
+        return out
 
     @dg.asset(
         **common, group_name="segments", kinds={"polars", "parquet"},
@@ -228,4 +248,4 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             context.add_asset_metadata({"rows": mem.height, **paths}, partition_key=pk)
         return dg.MaterializeResult()
 
-    return [segment_model, segment_customers, segment_outcomes, segment_exports]
+    return [segment_model, segment_membership, segment_profiles, segment_outcomes, segment_exports]

@@ -3,10 +3,14 @@
 Not a test: it prints figures and ratios. For each size (customers x 24 months) it
 
 1. generates the sample with ``segpipe sample`` (reused when its ``manifest.json`` matches),
-2. builds the whole history in one run, as an analyst's backfill does:
-   ``segpipe run --from <month 1> --to <month 24>``,
+2. builds the whole history as an analyst's backfill does, in runs of ``--history-chunk`` months
+   (``segpipe run --from A --to B``; one run over all 24 months holds every month's ingested rows at
+   once, see docs/refresh.md),
 3. refreshes month 1 and month 24 alone, as the monthly schedule does:
    ``segpipe run --from M --to M`` (inputs of the other months already in the lake),
+4. refreshes month 24 again with ``scale.buckets: 2`` through ``dagster job execute``, once with
+   the in-process executor and once with the multiprocess executor (2 processes): the speed-up of
+   running the bucket steps (and other independent steps) side by side,
 
 each ``segpipe run`` in its own process, measured with ``os.wait4`` (wall, cpu, peak RSS of that
 process: the whole Dagster run executes in it with the default in-process executor). Per asset it
@@ -20,12 +24,9 @@ Usage::
     .venv/bin/python bench/scale.py --sizes 200000           # ~25 minutes on 2 cores
     .venv/bin/python bench/scale.py                          # 200k, 1M, 3M (hours; ~50 GB of sample at 3M)
 
-Both single-month refreshes run after the whole history is in place, so both list and read every
-raw file of each source (ingestion finds a month's rows wherever they are): at small sizes that scan
-dominates, and the month 24 / month 1 figure here does not show how the raw scan grows with the
-number of files; ``bench/features.py`` measures the feature store alone.
-
-Customer-hash buckets (issue #8) do not exist yet, so there is no bucket-parallelism figure.
+Both single-month refreshes run after the whole history is in place. Ingestion reads only the raw
+files holding rows of the month (its per-file month index, docs/scale.md), so neither reads the
+whole history; ``bench/features.py`` measures the feature store alone.
 """
 
 from __future__ import annotations
@@ -102,7 +103,27 @@ def project(base: Path, customers: int, months: int) -> Path:
     return base / "segpipe.yaml"
 
 
-def run_size(customers: int, months: int, out: Path, keep: bool) -> dict:
+def bucket_parallelism(base: Path, config: Path, env: dict, month: str) -> dict:
+    """Month ``month`` refreshed with two buckets by ``dagster job execute``, in process and with the
+    multiprocess executor (2 processes); wall, cpu and peak RSS of each, and the bucket steps' times."""
+    two = base / "segpipe-2-buckets.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["scale"] = {"buckets": 2}
+    two.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = {}
+    for executor in ("in_process", "multiprocess"):
+        log(f"  refresh of {month[:7]} with 2 buckets, {executor} executor")
+        run_env = {**env, "SEGPIPE_CONFIG": str(two), "SEGPIPE_EXECUTOR": executor}
+        out[executor] = measured([str(BIN / "dagster"), "job", "execute", "-m", "assets.definitions", "-a", "defs",
+                                  "-j", "segpipe_refresh", "--tags", json.dumps({"dagster/partition": month})],
+                                 ROOT, run_env)
+        out[executor].pop("out", None)
+        out[executor]["bucket_steps"] = {k: v for k, v in step_times(base / ".dagster_home").items() if "__bucket[" in k}
+    out["speedup"] = out["in_process"]["wall"] / out["multiprocess"]["wall"]
+    return out
+
+
+def run_size(customers: int, months: int, out: Path, keep: bool, history_chunk: int = 6) -> dict:
     base = out / f"c{customers}_m{months}"
     config = project(base, customers, months)
     env = {**os.environ, "SEGPIPE_CONFIG": str(config), "DAGSTER_HOME": str(base / ".dagster_home"),
@@ -116,13 +137,16 @@ def run_size(customers: int, months: int, out: Path, keep: bool) -> dict:
                                   "--start", START], base, env)
     shutil.rmtree(base / "lake", ignore_errors=True)
     shutil.rmtree(base / ".dagster_home", ignore_errors=True)
-    log(f"{customers:,} customers: whole history, {len(keys)} months in one run")
-    res["history"] = measured([segpipe, "run", "--from", keys[0][:7], "--to", keys[-1][:7]], base, env)
-    res["history"]["steps"] = step_times(base / ".dagster_home")
+    chunks = [keys[i:i + history_chunk] for i in range(0, len(keys), history_chunk)]
+    log(f"{customers:,} customers: whole history, {len(keys)} months in {len(chunks)} run(s)")
+    runs = [measured([segpipe, "run", "--from", c[0][:7], "--to", c[-1][:7]], base, env) for c in chunks]
+    res["history"] = {"wall": sum(r["wall"] for r in runs), "cpu": sum(r["cpu"] for r in runs),
+                      "rss_mib": max(r["rss_mib"] for r in runs), "runs": len(runs), "chunk_months": history_chunk}
     for label, key in (("month_1", keys[0]), (f"month_{len(keys)}", keys[-1])):
         log(f"{customers:,} customers: refresh of {key[:7]} alone")
         res[label] = measured([segpipe, "run", "--from", key[:7], "--to", key[:7]], base, env)
         res[label]["steps"] = step_times(base / ".dagster_home")
+    res["parallel"] = bucket_parallelism(base, config, env, keys[-1])
     for part in ("sample", "history", "month_1", f"month_{len(keys)}"):
         res.get(part, {}).pop("out", None)
     if not keep:
@@ -146,6 +170,11 @@ def report(results: list[dict]) -> str:
         slow = sorted(last_r["steps"].items(), key=lambda kv: -kv[1])[:6]
         lines.append(f"{'':>10}  slowest steps of the month-{r['months']} refresh: "
                      + ", ".join(f"{k} {v:.1f}s" for k, v in slow))
+        if "parallel" in r:
+            par = r["parallel"]
+            lines.append(f"{'':>10}  month {r['months']} with 2 buckets: in-process {par['in_process']['wall']:.1f}s "
+                         f"(peak {par['in_process']['rss_mib']:,.0f} MiB), multiprocess x2 {par['multiprocess']['wall']:.1f}s "
+                         f"(peak {par['multiprocess']['rss_mib']:,.0f} MiB): speed-up x{par['speedup']:.2f}")
     if len(results) > 1:
         base = results[0]
         for r in results[1:]:
@@ -162,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--months", type=int, default=24)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--keep", action="store_true", help="keep each size's sample, lake and instance")
+    ap.add_argument("--history-chunk", type=int, default=6, help="months per run of the history (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
-    results = [run_size(int(s), a.months, a.out, a.keep) for s in a.sizes.split(",") if s.strip()]
+    results = [run_size(int(s), a.months, a.out, a.keep, a.history_chunk) for s in a.sizes.split(",") if s.strip()]
     text = report(results)
     print(text)
     if a.json:

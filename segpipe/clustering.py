@@ -28,13 +28,30 @@ MODEL_SCHEMA: dict[str, pl.DataType] = {
 ANONYMOUS_ID, ANONYMOUS_NAME = "A0", "Anonymous visitors"
 
 
-def feature_matrix(features: pl.DataFrame, columns: list[str]) -> np.ndarray:
-    """Clustering inputs: nulls as 0 (recency: farther than any buyer), negatives clipped, log1p."""
+RECENCY_COLUMNS = ("recency_days", "recency")
+
+
+def null_fills(features: pl.DataFrame | pl.LazyFrame, columns: list[str]) -> dict[str, float]:
+    """What :func:`feature_matrix` puts for a missing recency (no order): 30 days beyond the
+    largest recency of ``features``, i.e. farther than any buyer of the snapshot. Computed over
+    the whole snapshot even when its customers are assigned in buckets (reads one column)."""
+    rec = [c for c in columns if c in RECENCY_COLUMNS]
+    if not rec:
+        return {}
+    row = features.lazy().select(
+        (pl.col(c).cast(pl.Float64).max().fill_null(0.0) + 30.0).alias(c) for c in rec).collect().row(0)
+    return dict(zip(rec, row))
+
+
+def feature_matrix(features: pl.DataFrame, columns: list[str], fills: dict[str, float] | None = None) -> np.ndarray:
+    """Clustering inputs: nulls as 0 (recency: farther than any buyer, see :func:`null_fills`; of
+    ``features`` unless ``fills`` are given), negatives clipped, log1p."""
+    fills = null_fills(features, columns) if fills is None else fills
     exprs = []
     for c in columns:
         e = pl.col(c).cast(pl.Float64)
-        if c in ("recency_days", "recency"):
-            e = e.fill_null(pl.col(c).cast(pl.Float64).max().fill_null(0.0) + 30.0)
+        if c in RECENCY_COLUMNS:
+            e = e.fill_null(fills[c])
         exprs.append(e.fill_null(0.0).clip(lower_bound=0.0))
     return np.log1p(features.select(exprs).to_numpy()) if exprs else np.zeros((features.height, 0))
 
@@ -107,17 +124,18 @@ class ClusterModel:
     def features(self) -> list[str]:
         return list(self.frame["features"][0]) if self.frame.height else []
 
-    def scaled(self, features: pl.DataFrame) -> np.ndarray:
+    def scaled(self, features: pl.DataFrame, fills: dict[str, float] | None = None) -> np.ndarray:
         center = np.array(self.frame["center"][0])
         scale = np.array(self.frame["scale"][0])
-        return (feature_matrix(features, self.features) - center) / scale
+        return (feature_matrix(features, self.features, fills) - center) / scale
 
     def centroids(self) -> np.ndarray:
         return np.vstack(self.frame["centroid"].to_list())
 
-    def assign(self, features: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
-        """Nearest centroid's cluster id per row, and the distance to it (scaled units)."""
-        x = self.scaled(features)
+    def assign(self, features: pl.DataFrame, fills: dict[str, float] | None = None) -> tuple[pl.Series, np.ndarray]:
+        """Nearest centroid's cluster id per row, and the distance to it (scaled units). ``fills``:
+        :func:`null_fills` of the whole snapshot when ``features`` is a part of it (a bucket)."""
+        x = self.scaled(features, fills)
         d = np.linalg.norm(x[:, None, :] - self.centroids()[None, :, :], axis=2)
         idx = d.argmin(axis=1)
         return pl.Series("cluster_id", self.frame["cluster_id"].to_numpy()[idx], dtype=pl.String), d[np.arange(len(idx)), idx]

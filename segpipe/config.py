@@ -346,6 +346,24 @@ class DriftConfig(_Model):
         return self
 
 
+class ScaleConfig(_Model):
+    """How the per-customer steps split their work (docs/scale.md)."""
+
+    buckets: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Customer-hash buckets of the per-customer steps (daily and monthly rollups, customer "
+                    "state, snapshot features). Each bucket is its own Dagster step, so an executor can run "
+                    "them in parallel and on different machines, and a step holds one bucket's customers. "
+                    "Unset: chosen per step from the data size (bucket_events, bucket_customers).")
+    bucket_events: int = Field(
+        default=2_000_000, ge=1_000,
+        description="With buckets unset: one bucket of the rollups per this many events of the month.")
+    bucket_customers: int = Field(
+        default=300_000, ge=1_000,
+        description="With buckets unset: one bucket of customer_state and customer_features per this many "
+                    "customers (rows of the customer state, or of the month's rollup).")
+
+
 class SegpipeConfig(_Model):
     """The whole project file."""
 
@@ -359,6 +377,7 @@ class SegpipeConfig(_Model):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     playbook: dict[str, str] = Field(default_factory=dict, description="Segment name -> action.")
     base_dir: str = Field(default=".", description="Folder relative paths resolve against (set by the loader).")
 

@@ -626,6 +626,31 @@ SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = (90, 180, 365)
 
 
+def usage_tier(spec: FeaturesConfig, thresholds: tuple[float | None, float | None] | None = None) -> pl.Expr:
+    """``usage_tier`` from ``app_days_30d``: non-user without app days, else heavy / medium / light
+    by ``spec.usage_tier_quantiles`` of app days among the app users of the whole frame, or by given
+    ``thresholds`` (:func:`usage_thresholds` of the whole snapshot, when it is computed in buckets)."""
+    app_days = pl.col("app_days_30d")
+    users = app_days > 0
+    if thresholds is None:
+        q_lo, q_hi = spec.usage_tier_quantiles
+        lo = app_days.filter(users).quantile(q_lo, interpolation="lower")
+        hi = app_days.filter(users).quantile(q_hi, interpolation="lower")
+    else:
+        lo, hi = (pl.lit(t, dtype=pl.Float64) for t in thresholds)
+    return (pl.when(~users).then(pl.lit("non-user")).when(app_days >= hi).then(pl.lit("heavy"))
+            .when(app_days >= lo).then(pl.lit("medium")).otherwise(pl.lit("light")).alias("usage_tier"))
+
+
+def usage_thresholds(features: pl.LazyFrame, spec: FeaturesConfig) -> tuple[float | None, float | None]:
+    """The app-day quantiles of :func:`usage_tier` over all of ``features`` (reads one column)."""
+    q_lo, q_hi = spec.usage_tier_quantiles
+    app_days = pl.col("app_days_30d").filter(pl.col("app_days_30d") > 0)
+    row = features.select(app_days.quantile(q_lo, interpolation="lower").alias("lo"),
+                          app_days.quantile(q_hi, interpolation="lower").alias("hi")).collect().row(0)
+    return row[0], row[1]
+
+
 def daily_months(month: str) -> list[str]:
     """Partition keys of the daily rollups :func:`build_features` reads for ``month``: the months
     of the windows up to 30 days, and the first month of each longer window when the window starts
@@ -797,11 +822,6 @@ def build_features(
     has_order = pl.col("orders") > 0
     freq = (pl.col("order_days") - 1).clip(lower_bound=0)
     repeat = freq > 0
-    app_days = pl.col("app_days_30d")
-    q_lo, q_hi = spec.usage_tier_quantiles
-    users = app_days > 0
-    lo = app_days.filter(users).quantile(q_lo, interpolation="lower")
-    hi = app_days.filter(users).quantile(q_hi, interpolation="lower")
     f = f.with_columns(
         pl.col("identity").fill_null("anonymous"),
         pl.lit(start.date()).alias("snapshot_month"),
@@ -820,8 +840,7 @@ def build_features(
         pl.when(has_order).then(pl.when(repeat).then(
             (pl.col("revenue") - pl.col("first_day_revenue")) / freq).otherwise(0.0)).alias("monetary_value"),
         pl.col("features_used").list.len().cast(pl.Int64).alias("features_used_lifetime"),
-        pl.when(~users).then(pl.lit("non-user")).when(app_days >= hi).then(pl.lit("heavy"))
-        .when(app_days >= lo).then(pl.lit("medium")).otherwise(pl.lit("light")).alias("usage_tier"),
+        usage_tier(spec),
         pl.when((pl.col("active_days_30d") + pl.col("active_days_prev_60d")) > 0).then(
             pl.col("active_days_30d") / (pl.col("active_days_prev_60d") / 2).clip(lower_bound=0.5)).alias("usage_trend"),
         share("weekend_90d").alias("weekend_share_90d"),

@@ -30,6 +30,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
+import os
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -72,7 +74,8 @@ class MonthIngest:
     quarantine: pl.DataFrame  # QUARANTINE_SCHEMA, sorted
     rows_read: int
     duplicates: int
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # every file of the source
+    files_read: int = 0  # of those, the files read (the others hold no row of the months asked for)
 
     @property
     def rows_kept(self) -> int:
@@ -372,38 +375,57 @@ def ingest_source(
         return normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key,
                               epoch_numbers=epoch_numbers)
 
-    def keep(norm: pl.DataFrame, bad: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-        """The file's rows of the wanted months, and its unparseable lines if they belong to one:
-        only those stay in memory, so memory follows the months asked for, not the source's history."""
-        lines = None
+    def keep(norm: pl.DataFrame, bad: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
+        """The file's rows of the wanted months, its unparseable lines if they belong to one (only
+        those stay in memory, so memory follows the months asked for, not the source's history),
+        and every month the file's rows and lines belong to (for the file index)."""
+        lines, months = None, set()
         if bad.height:
             # Lines that could not even be parsed belong to their file's home month.
             dom = norm.filter(pl.col("placeable"))["event_time"].dt.truncate("1mo").dt.date()
             home = dom.mode().sort().first() if dom.len() else first.date()
+            months.add(home)
             if home in wanted:
                 lines = bad.with_columns(home=pl.lit(home, dtype=pl.Date))
-        return _home_months(norm, first).filter(pl.col("home").is_in(wanted)), lines
+        homes = _home_months(norm, first)
+        months.update(homes["home"].unique().to_list())
+        return homes.filter(pl.col("home").is_in(wanted)), lines, sorted(m.isoformat() for m in months)
 
+    empty = pl.DataFrame(schema={**INGESTED_SCHEMA, "reason": pl.String, "placeable": pl.Boolean, "raw": pl.String,
+                                 "home": pl.Date})
+    index = FileIndex.load(config, source)
+    wanted_keys = {m.isoformat() for m in wanted}
     frames: list[pl.DataFrame] = []
     malformed_per_file: list[pl.DataFrame | None] = []
     votes: list[tuple[int, int]] = []
+    read_files: set[str] = set()
     for path in files:  # one file in memory at a time: bare numbers are provisionally epoch times
+        known = index.get(path, listed[path])
+        if known is not None and not wanted_keys & set(known["months"]):
+            # read before, unchanged since, and none of its rows belongs to the months asked for
+            votes.append(tuple(known["votes"]))
+            frames.append(empty)
+            malformed_per_file.append(None)
+            continue
         raw = read(path)
+        read_files.add(path)
         votes.append(time_votes(raw, time_col))
-        rows, lines = keep(normalize(raw, True), raw.malformed)
+        rows, lines, months = keep(normalize(raw, True), raw.malformed)
+        index.put(path, listed[path], months=months, votes=votes[-1])
         frames.append(rows)
         malformed_per_file.append(lines)
     if sum(v[0] for v in votes) < sum(v[1] for v in votes):
         # Most of the source's times are date strings: its bare numbers are not times after all.
-        # Rare (a mixed source), so only then are the files holding numbers read a second time.
+        # Rare (a mixed source), so only then are the files holding numbers read a second time
+        # (skipped ones too: the index knows their months with bare numbers read as times).
         for i, path in enumerate(files):
             if votes[i][0]:
                 raw = read(path)
-                frames[i], malformed_per_file[i] = keep(normalize(raw, False), raw.malformed)
+                read_files.add(path)
+                frames[i], malformed_per_file[i], _ = keep(normalize(raw, False), raw.malformed)
+    index.save(keep=files)
     malformed = [m for m in malformed_per_file if m is not None]
-    allrows = pl.concat(frames, how="vertical") if frames else pl.DataFrame(
-        schema={**INGESTED_SCHEMA, "reason": pl.String, "placeable": pl.Boolean, "raw": pl.String, "home": pl.Date}
-    )
+    allrows = pl.concat(frames, how="vertical") if frames else empty
     bad_lines = (
         pl.concat(malformed) if malformed
         else pl.DataFrame(schema={**QUARANTINE_SCHEMA, "home": pl.Date})
@@ -442,5 +464,70 @@ def ingest_source(
             rows_read=rows.height + lines.height,
             duplicates=dups,
             files=files,
+            files_read=len(read_files),
         )
     return results
+
+
+class FileIndex:
+    """Which months each file of a source holds rows for, so that a refresh of one month reads only
+    the files holding rows of that month (and the new or changed ones), not the source's whole history.
+
+    Kept in the lake at ``_ingest_index/{source}.json``: per file path its size, mtime and inode as
+    listed, the months of its rows (their home months, with bare numbers read as epoch times) and its
+    time votes (:func:`time_votes`). An entry counts only while the file's size, mtime and inode are the
+    same and the source's settings (column mapping, format, event types, first month) have not
+    changed; otherwise the file is read again. Losing the file only costs a full read."""
+
+    VERSION = 1
+
+    def __init__(self, location, fingerprint: str, entries: dict):
+        self.location, self.fingerprint, self.entries, self.changed = location, fingerprint, entries, False
+
+    @classmethod
+    def load(cls, config: SegpipeConfig, source: str) -> FileIndex:
+        from segpipe.lake import exists, lake_join, read_bytes
+
+        settings = {"source": config.sources[source].model_dump(mode="json"), "first_month": config.first_month,
+                    "event_types": config.event_type_map(source), "version": cls.VERSION}
+        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        location = lake_join(config.lake_path, "_ingest_index", f"{source}.json")
+        entries = {}
+        try:
+            if exists(location):
+                data = json.loads(read_bytes(location))
+                if data.get("fingerprint") == fingerprint:
+                    entries = data.get("files", {})
+        except (OSError, ValueError):
+            entries = {}  # unreadable: every file is read again, and the index rewritten
+        return cls(location, fingerprint, entries)
+
+    @staticmethod
+    def _signature(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def get(self, path: str, st: os.stat_result) -> dict | None:
+        entry = self.entries.get(path)
+        return entry if entry is not None and entry.get("stat") == self._signature(st) else None
+
+    def put(self, path: str, st: os.stat_result, *, months: list[str], votes: tuple[int, int]) -> None:
+        entry = {"stat": self._signature(st), "months": months, "votes": list(votes)}
+        if self.entries.get(path) != entry:
+            self.entries[path], self.changed = entry, True
+
+    def save(self, keep: list[str]) -> None:
+        """Write the index if it changed, with the entries of the files in ``keep`` (the listing)."""
+        gone = set(self.entries) - set(keep)
+        for path in gone:
+            del self.entries[path]
+        if not (self.changed or gone):
+            return
+        from segpipe.lake import write_atomic
+
+        body = json.dumps({"fingerprint": self.fingerprint, "files": dict(sorted(self.entries.items()))},
+                          indent=1).encode()
+        try:
+            write_atomic(self.location, lambda fh: fh.write(body))
+        except OSError:
+            pass  # a cache: the next run reads the files again
+        self.changed = False

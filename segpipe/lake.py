@@ -312,6 +312,27 @@ def check_reachable(url: str) -> None:
         raise FileNotFoundError(f"bucket (container) {u.bucket!r} does not exist")
 
 
+def remove(location: Location) -> None:
+    """Delete a lake file (object) if it exists."""
+    if not is_remote(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    fs = filesystem(str(location))
+    path = parse_url(str(location)).fs_path
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def read_bytes(location: Location) -> bytes:
+    """The content of a lake file (object)."""
+    if not is_remote(location):
+        return Path(location).read_bytes()
+    with filesystem(str(location)).open_input_stream(parse_url(str(location)).fs_path) as fh:
+        return fh.read()
+
+
 # -- writing ----------------------------------------------------------------------------------------
 def write_atomic(path: Location, write: Callable[[BinaryIO], object]) -> Location:
     """Write a file so that readers see the old version or the new one, never a part.

@@ -77,8 +77,11 @@ def clusterable(features: pl.DataFrame) -> pl.DataFrame:
     return features.filter(pl.col("identity") != "anonymous")
 
 
-def assign_clusters(features: pl.DataFrame, model: ClusterModel | None) -> pl.DataFrame:
-    """Cluster id, name and reason per customer; anonymous visitors get their own segment."""
+def assign_clusters(features: pl.DataFrame, model: ClusterModel | None,
+                    fills: dict[str, float] | None = None) -> pl.DataFrame:
+    """Cluster id, name and reason per customer; anonymous visitors get their own segment.
+    ``fills``: :func:`segpipe.clustering.null_fills` of the whole snapshot's clusterable customers
+    when ``features`` is one bucket of it."""
     known = clusterable(features)
     anon = features.filter(pl.col("identity") == "anonymous").select(
         "customer_id", pl.lit(ANONYMOUS_ID).alias("cluster_id"), pl.lit(ANONYMOUS_NAME).alias("cluster_name"),
@@ -87,7 +90,7 @@ def assign_clusters(features: pl.DataFrame, model: ClusterModel | None) -> pl.Da
         rest = known.select("customer_id", pl.lit("C0").alias("cluster_id"), pl.lit("Unclustered").alias("cluster_name"),
                             pl.lit("no cluster model yet").alias("cluster_reason"))
     else:
-        ids, dist = model.assign(known)
+        ids, dist = model.assign(known, fills)
         names = dict(zip(model.frame["cluster_id"], model.frame["cluster_name"]))
         rest = known.select("customer_id").with_columns(
             ids, pl.Series("cluster_name", [names[i] for i in ids.to_list()], dtype=pl.String),
@@ -114,16 +117,18 @@ def model_rfm_thresholds(model: ClusterModel | None) -> RfmThresholds | None:
     return {d: flat[4 * i: 4 * i + 4] for i, d in enumerate(RFM_DIMENSIONS)}
 
 
-def build_membership(features: pl.DataFrame, model: ClusterModel | None, cfg: SegmentsConfig) -> pl.DataFrame:
+def build_membership(features: pl.DataFrame, model: ClusterModel | None, cfg: SegmentsConfig,
+                     fills: dict[str, float] | None = None) -> pl.DataFrame:
     """One row per customer with every scheme's label and reason. RFM scores use the thresholds
-    fitted with the model when it has them, else this snapshot's quintiles."""
+    fitted with the model when it has them, else this snapshot's quintiles. ``fills``: see
+    :func:`assign_clusters` (for one bucket of the snapshot)."""
     features = features.sort("customer_id")
     out = (
         features.select("customer_id", "snapshot_month", "identity")
         .join(score_rfm(features, cfg.rfm, model_rfm_thresholds(model)), on="customer_id", how="left", maintain_order="left")
         .join(rule_segments(features, cfg.rules, default=cfg.rules_default), on="customer_id", how="left", maintain_order="left")
         .join(lifecycle_stage(features, cfg.lifecycle), on="customer_id", how="left", maintain_order="left")
-        .join(assign_clusters(features, model), on="customer_id", how="left", maintain_order="left")
+        .join(assign_clusters(features, model, fills), on="customer_id", how="left", maintain_order="left")
     )
     return out.select(list(MEMBERSHIP_SCHEMA)).cast(MEMBERSHIP_SCHEMA).sort("customer_id")
 

@@ -40,15 +40,17 @@ def free_port() -> int:
 
 
 def make_sample_project(root: Path, *, customers: int = 300, months: int = 3, start: str = "2024-11",
-                        seed: int = 7) -> Path:
+                        seed: int = 7, scale: dict | None = None) -> Path:
     """A generated sample under ``root/data/sample`` and the repo's ``segpipe.yaml`` pointed at it
-    (lake in ``root/lake``, first month ``start``); returns the config path."""
+    (lake in ``root/lake``, first month ``start``, ``scale`` settings if given); returns the config path."""
     from segpipe.sample import generate_sample
 
     generate_sample(root / "data" / "sample", customers=customers, months=months, start=start, seed=seed)
     cfg = yaml.safe_load((REPO / "segpipe.yaml").read_text())
     cfg["lake_dir"] = "lake"
     cfg["first_month"] = start
+    if scale is not None:
+        cfg["scale"] = scale
     path = root / "segpipe.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -23,7 +23,7 @@ def test_segpipe_run_and_show(orders_project, tmp_path, monkeypatch, capsys):
     assert main(["--config", str(orders_project), "run", "--from", "2025-01", "--to", "2025-02"]) == 0
     out = capsys.readouterr().out
     assert "2 month(s) 2025-01 .. 2025-02" in out
-    assert "done    ingest_orders" in out and "done    segment_customers" in out
+    assert "done    ingest_orders" in out and "done    segment_profiles" in out and "done    segment_membership.segment_membership__bucket[b0]" in out
     assert "RFM segments, snapshot 2025-02 (4 customers)" in out
     assert "Behavioral clusters, snapshot 2025-02" in out and "Lifecycle stages, snapshot 2025-02" in out
     # the run is recorded in the project's instance (visible in the UI)

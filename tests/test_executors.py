@@ -26,6 +26,10 @@ EXECUTOR_VARS = ["SEGPIPE_EXECUTOR", "SEGPIPE_CELERY_BROKER", "SEGPIPE_CELERY_BA
                  "SEGPIPE_K8S_IMAGE", "SEGPIPE_K8S_MAX_CONCURRENT", "SEGPIPE_K8S_SERVICE_ACCOUNT",
                  "SEGPIPE_K8S_ENV_SECRETS"]
 MONTH = "2024-11-01"
+#: customer-hash buckets of the Celery run: each bucketed asset runs BUCKETS bucket steps
+BUCKETS = 3
+BUCKETED = ("customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features",
+            "segment_membership")
 
 
 @pytest.fixture
@@ -104,6 +108,8 @@ def test_dagster_definitions_validate_loads_the_k8s_code_location(tmp_path):
     """The workspace's code location, loaded by Dagster's own CLI with SEGPIPE_EXECUTOR=k8s and no
     cluster; a broken k8s setting fails the same command."""
     home = make_instance_home(tmp_path / "home")
+    with dg.DagsterInstance.local_temp(str(home)):
+        pass  # create the instance's SQLite storage once: two processes creating it at once can collide
     base = {k: v for k, v in os.environ.items() if k not in EXECUTOR_VARS}
     base.update(DAGSTER_HOME=str(home), SEGPIPE_CONFIG=str(REPO / "segpipe.yaml"), SEGPIPE_EXECUTOR="k8s")
     cmd = [str(BIN / "dagster"), "definitions", "validate", "-w", str(REPO / "workspace.yaml")]
@@ -152,7 +158,7 @@ def _step_events(instance: dg.DagsterInstance, run_id: str):
 
 @pytest.mark.timeout(600)
 def test_one_month_runs_on_two_celery_workers(tmp_path, redis_server):
-    config = make_sample_project(tmp_path / "project", customers=200, months=1)
+    config = make_sample_project(tmp_path / "project", customers=200, months=1, scale={"buckets": BUCKETS})
     home = make_instance_home(tmp_path / "home")
     with dg.DagsterInstance.local_temp(str(home)):
         pass  # create the instance's SQLite storage once, before three processes share it
@@ -189,10 +195,15 @@ def test_one_month_runs_on_two_celery_workers(tmp_path, redis_server):
         types, node, pid = _step_events(instance, record.run_id)
 
     job = build_definitions(config, executor="celery").resolve_job_def("segpipe_refresh")
-    steps = sorted(plan.step_keys_to_execute)
-    assert steps == sorted(n.name for n in job.nodes) and len(steps) >= 10
+    # one step per op; the bucketed assets' graphs: plan, one step per bucket, merge
+    bucketed = sorted(n.name for n in job.nodes if isinstance(n.definition, dg.GraphDefinition))
+    assert bucketed == sorted(BUCKETED)
+    steps = sorted([n.name for n in job.nodes if n.name not in bucketed] + [
+        f"{a}.{a}__{op}" for a in bucketed for op in ("plan", "merge", *(f"bucket[b{b}]" for b in range(BUCKETS)))])
+    assert set(plan.step_keys_to_execute) == {s for s in steps if "[" not in s} | {
+        f"{a}.{a}__bucket[?]" for a in bucketed}
     failed = {s: t for s, t in types.items() if "STEP_SUCCESS" not in t or "STEP_FAILURE" in t}
-    assert not failed and sorted(types) == steps, failed
+    assert not failed and sorted(types) == steps, (failed, sorted(types))
     # Every step went through a Celery worker, and each ran in that worker's own process.
     assert sorted(node) == steps
     assert set(node.values()) <= set(nodes)
@@ -200,6 +211,9 @@ def test_one_month_runs_on_two_celery_workers(tmp_path, redis_server):
         assert pid[step] in worker_pids[nodename], (step, nodename, pid[step], worker_pids)
     by_worker = {n: sorted(s for s, m in node.items() if m == n) for n in nodes}
     assert all(by_worker.values()), f"a worker ran no step: {by_worker}"
+    # the bucket steps of the month (each a share of the customers) ran on both workers
+    bucket_workers = {m for s, m in node.items() if "__bucket[" in s}
+    assert bucket_workers == set(nodes), f"bucket steps ran on {bucket_workers} only: {by_worker}"
 
     # The month's features are in the lake, the same as an in-process run of the same sample writes.
     features = asset_path(tmp_path / "project" / "lake", "customer_features", MONTH)

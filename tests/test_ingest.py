@@ -190,3 +190,55 @@ def test_parquet_source_with_typed_naive_timestamps(tmp_path):
     assert res.events["event_type"].unique().to_list() == ["page_view"]
     assert [str(t) for t in res.events["event_time"]] == ["2025-01-02 11:00:00+00:00", "2025-01-03 11:00:00+00:00"]
     assert res.events["source_row"].to_list() == [1, 2]
+
+
+def _frames(results):
+    return {m: (r.events, r.quarantine, r.rows_read, r.duplicates) for m, r in results.items()}
+
+
+def _same(a, b):
+    assert sorted(a) == sorted(b)
+    for m in a:
+        assert a[m][0].equals(b[m][0]) and a[m][1].equals(b[m][1]) and a[m][2:] == b[m][2:], m
+
+
+def test_file_index_reads_only_the_files_holding_the_month(tmp_path):
+    """A refresh of one month reads the files holding rows of that month (and new or changed files),
+    not the source's whole history, with the same rows as a full read."""
+    import os
+    import shutil
+
+    from segpipe.sample import generate_sample
+
+    from .browser_support import make_sample_project
+
+    config_path = make_sample_project(tmp_path / "p", customers=150, months=4, start="2024-11")
+    cfg = load_config(config_path)
+    index = tmp_path / "p" / "lake" / "_ingest_index"
+    for source in ("orders", "product", "email", "web"):
+        full = ingest_source(cfg, source, ["2025-01-01"], key=b"k")  # no index yet: every file is read
+        n = len(full["2025-01-01"].files)
+        assert full["2025-01-01"].files_read == n == 4
+        assert (index / f"{source}.json").is_file()
+        entries = json.loads((index / f"{source}.json").read_text())["files"]
+        holding = {p for p, e in entries.items() if "2025-02-01" in e["months"]}
+        again = ingest_source(cfg, source, ["2025-02-01"], key=b"k")
+        assert again["2025-02-01"].files_read == len(holding) < n, source
+        shutil.rmtree(index)
+        _same(_frames(again), _frames(ingest_source(cfg, source, ["2025-02-01"], key=b"k")))
+    # a changed file is read again, whatever its months were
+    ingest_source(cfg, "orders", ["2024-11-01"], key=b"k")  # index the orders files again
+    orders = sorted((tmp_path / "p" / "data" / "sample" / "orders").glob("*.csv"))
+    stat = orders[0].stat()
+    os.utime(orders[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    entries = json.loads((index / "orders.json").read_text())["files"]
+    holding = {p for p, e in entries.items() if "2025-02-01" in e["months"]}
+    res = ingest_source(cfg, "orders", ["2025-02-01"], key=b"k")["2025-02-01"]
+    assert res.files_read == len(holding | {str(orders[0])})
+    # a new sample (other seed) under the same paths: every file changed, all read, index rewritten
+    generate_sample(tmp_path / "p" / "data" / "sample", customers=150, months=4, start="2024-11", seed=99)
+    res = ingest_source(cfg, "orders", ["2025-02-01"], key=b"k")["2025-02-01"]
+    assert res.files_read == 4
+    shutil.rmtree(index)
+    _same({"x": (res.events, res.quarantine, res.rows_read, res.duplicates)},
+          {"x": _frames(ingest_source(cfg, "orders", ["2025-02-01"], key=b"k"))["2025-02-01"]})
