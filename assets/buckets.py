@@ -26,7 +26,7 @@ across Polars versions moves customers between buckets but never changes an outp
 import inspect
 import math
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import dagster as dg
 import polars as pl
@@ -38,11 +38,12 @@ BUCKET_SEED = 0x5E6B1D
 PARTS = "_buckets"
 
 Frames = dict[str, pl.LazyFrame]
-#: ``compute(context, inputs, whole)``: the asset's partitions (``{partition: DataFrame}``) from its
+#: ``compute(context, inputs, whole)``: yields the asset's partitions (``(partition, DataFrame)``, in
+#: order, each written at once so that a bucket holds one month at a time) from its
 #: inputs (``{input name: {partition: LazyFrame}}``) filtered to one bucket's customers (except the
 #: ``shared`` inputs, which every bucket reads whole); ``whole`` are the same inputs unfiltered, for
 #: the rare quantity that needs every customer (read lazily: only what is used is read).
-Compute = Callable[[dg.AssetExecutionContext, dict[str, Frames], dict[str, Frames]], dict[str, pl.DataFrame]]
+Compute = Callable[[dg.AssetExecutionContext, dict[str, Frames], dict[str, Frames]], Iterator[tuple[str, pl.DataFrame]]]
 #: ``finish(context, partition, merged)``: the whole partition after the merge (lazy).
 Finish = Callable[[dg.AssetExecutionContext, str, pl.LazyFrame], pl.LazyFrame]
 #: ``report(partition, written)``: the partition's metadata, from the file just written (lazy).
@@ -112,14 +113,14 @@ def bucketed_asset(
         b, n = bucket
         keep = in_bucket(b, n)
         frames = {k: v if k in shared else {pk: lf.filter(keep) for pk, lf in v.items()} for k, v in inputs.items()}
-        out = compute(context, frames, inputs)
         lake = context.resources.segpipe.config().lake_path
-        written = {}
-        for pk in sorted(out):
+        written, rows = {}, {}
+        for pk, frame in compute(context, frames, inputs):
             path = part_path(lake, name, context.run_id, pk, b, n)
-            write_parquet_atomic(out[pk], path)
-            written[pk] = str(path)
-        context.log.info(f"{name} bucket {b + 1}/{n}: " + ", ".join(f"{pk[:7]} {out[pk].height:,} rows" for pk in sorted(out)))
+            write_parquet_atomic(frame, path)
+            written[pk], rows[pk] = str(path), frame.height
+            del frame
+        context.log.info(f"{name} bucket {b + 1}/{n}: " + ", ".join(f"{pk[:7]} {r:,} rows" for pk, r in rows.items()))
         return written
 
     @dg.op(name=f"{name}__merge", ins={"parts": dg.In(list)}, required_resource_keys={"segpipe"},

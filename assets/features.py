@@ -70,8 +70,8 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     def daily_compute(context, inputs, _whole):
         spec_ = context.resources.segpipe.config().features
         events = inputs["behavioral_events"]
-        return {pk: build_activity_daily(require(events, pk, "behavioral_events"), spec=spec_).collect()
-                for pk in partitions_of(context)}
+        for pk in partitions_of(context):
+            yield pk, build_activity_daily(require(events, pk, "behavioral_events"), spec=spec_).collect()
 
     def daily_report(pk: str, daily: pl.LazyFrame) -> dict:
         row = daily.select(pl.len(), pl.col("customer_id").n_unique()).collect().row(0)
@@ -85,10 +85,10 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         metadata={"dagster/column_schema": column_schema(daily_schema(spec), _ROLLUP_DESCRIPTIONS)}, **common)
 
     def monthly_compute(context, inputs, _whole):
-        return {pk: build_activity_monthly(
-            require(inputs["behavioral_events"], pk, "behavioral_events"), month=pk,
-            daily=require(inputs["customer_activity_daily"], pk, "customer_activity_daily")).collect()
-            for pk in partitions_of(context)}
+        for pk in partitions_of(context):
+            yield pk, build_activity_monthly(
+                require(inputs["behavioral_events"], pk, "behavioral_events"), month=pk,
+                daily=require(inputs["customer_activity_daily"], pk, "customer_activity_daily")).collect()
 
     def monthly_report(pk: str, roll: pl.LazyFrame) -> dict:
         n, buyers = roll.select(pl.len(), (pl.col("orders") > 0).sum()).collect().row(0)
@@ -117,7 +117,6 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             raise FileNotFoundError(
                 f"customer_state for {prev_key[:7]} is missing: materialize customer_state from "
                 f"{first_partition[:7]} up to {keys[0][:7]} (it accumulates month by month)")
-        out = {}
         for pk in keys:
             if prev is None or all(c in prev.columns for c in ROLLING_SCHEMA):
                 wanted = leaving_months(pk)
@@ -137,8 +136,8 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 identity=customer_identity(require(inputs["identity_map"], pk, "identity_map")), month=pk,
                 history=pl.concat(history) if history else None,
             ).collect()
-            out[pk] = prev = state
-        return out
+            prev = state
+            yield pk, state
 
     def state_report(pk: str, state: pl.LazyFrame) -> dict:
         n, buyers = state.select(pl.len(), (pl.col("orders") > 0).sum()).collect().row(0)
@@ -169,7 +168,6 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     def features_compute(context, inputs, _whole):
         spec_ = context.resources.segpipe.config().features
         daily, monthly_rollups = inputs["daily"], inputs["monthly_rollups"]
-        out = {}
         for pk in partitions_of(context):
             win = [daily[k] for k in daily_months(pk) if k in daily]
             # rollups written by an older segpipe get the window counters from their daily rows
@@ -179,13 +177,12 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             # the state carries the month's identity kinds; a state written before it did gets them here
             identity = (None if "identity" in state.collect_schema().names()
                         else customer_identity(require(inputs["identity_map"], pk, "identity_map")))
-            out[pk] = build_features(
+            yield pk, build_features(
                 state,
                 pl.concat(win) if win else pl.LazyFrame(schema=daily_schema(spec_)),
                 pl.concat(mon) if mon else pl.LazyFrame(schema=MONTHLY_SCHEMA),
                 identity, month=pk, spec=spec_,
             ).collect()
-        return out
 
     def features_finish(context, pk: str, feats: pl.LazyFrame) -> pl.LazyFrame:
         # usage tiers are quantiles over all customers: computed again on the merged buckets

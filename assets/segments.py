@@ -8,7 +8,7 @@ from assets.metadata import OWNER, column_schema, partitions_of, preview, requir
 from assets.partitions import PREVIOUS_MONTH, monthly_partitions
 from assets.resources import SegpipeResource
 from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against, fit_cluster_model, null_fills
-from segpipe.config import SegpipeConfig, resolve
+from segpipe.config import SegmentsConfig, SegpipeConfig, resolve
 from segpipe.lake import lake_join
 from segpipe.locks import write_partition_file
 from segpipe.schemes import RFM_DIMENSIONS
@@ -40,6 +40,17 @@ def _refit_reason(pk: str, first: str, previous: ClusterModel | None, refit_mont
     if month_start(pk).month in refit_months:
         return "quarterly refit"
     return None
+
+
+def _rfm_columns(cfg: SegmentsConfig) -> list[str]:
+    rfm = cfg.rfm
+    return [rfm.frequency, *(getattr(rfm, attr) for attr, _ in RFM_DIMENSIONS.values())]
+
+
+def _model_columns(cfg: SegmentsConfig) -> list[str]:
+    """The snapshot columns the cluster model's fit, names and RFM thresholds read."""
+    return list(dict.fromkeys(["customer_id", "snapshot_month", "identity", "revenue_lifetime",
+                               *cfg.clustering.features, *_rfm_columns(cfg)]))
 
 
 def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
@@ -87,7 +98,9 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             reason = _refit_reason(pk, first, prev, cfg.refit_months, forced and pk == keys[-1])
             feats = None
             if reason or labels is not None:
-                feats = clusterable(require(customer_features, pk, "customer_features").collect())
+                # only the columns the fit reads: the month's snapshot at scale is wide and long
+                feats = clusterable(require(customer_features, pk, "customer_features").select(
+                    _model_columns(segments_cfg)).collect())
             if reason:
                 if feats.height >= 2 * cfg.k_max:
                     prev = with_rfm_thresholds(fit_cluster_model(feats, cfg, previous=prev), feats, segments_cfg)
@@ -117,22 +130,18 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
 
     def membership_compute(context, inputs, whole):
         cfg = context.resources.segpipe.config()
-        out = {}
         for pk in partitions_of(context):
             feats = require(inputs["customer_features"], pk, "customer_features").collect()
             model = ClusterModel(require(inputs["segment_model"], pk, "segment_model").collect())
             if model_rfm_thresholds(model) is None:
                 # a model written before it stored its RFM thresholds: the month's quintiles over all
                 # customers (not the bucket's), from the three RFM columns
-                rfm = cfg.segments.rfm
-                cols = dict.fromkeys([rfm.frequency, *(getattr(rfm, attr) for attr, _ in RFM_DIMENSIONS.values())])
-                model = with_rfm_thresholds(model, whole["customer_features"][pk].select("customer_id", *cols).collect(),
-                                            cfg.segments)
+                cols = dict.fromkeys(["customer_id", *_rfm_columns(cfg.segments)])
+                model = with_rfm_thresholds(model, whole["customer_features"][pk].select(*cols).collect(), cfg.segments)
             # a bucket's customers are assigned with the whole month's fill for missing recency
             fills = (null_fills(clusterable(whole["customer_features"][pk]), model.features)
                      if model.frame.height else None)
-            out[pk] = build_membership(feats, model, cfg.segments, fills)
-        return out
+            yield pk, build_membership(feats, model, cfg.segments, fills)
 
     def membership_report(pk: str, mem: pl.LazyFrame) -> dict:
         n = mem.select(pl.len()).collect().item()
