@@ -127,16 +127,19 @@ def bucketed_asset(
            description=f"Streams the bucket parts of {name} into one file per month, sorted by customer_id.")
     def merge(context: dg.AssetExecutionContext, parts: list):
         lake = context.resources.segpipe.config().lake_path
+        used = []
         for pk in sorted(context.partition_keys):
             files = sorted(p[pk] for p in parts)
+            used += files
             merged = merge_parts(files)
             if finish is not None:
                 merged = finish(context, pk, merged)
             write_frame(lake, name, pk, merged)
             written = scan_parquet(lake_join(lake, name, f"{pk}.parquet"))
             context.add_asset_metadata({"buckets": len(files), **report(pk, written)}, partition_key=pk)
-            for f in files:
-                remove(f)
+        # only once every month is written: a merge re-executed after a failure finds all its parts
+        for f in used:
+            remove(f)
         _remove_step_values(lake, context.run_id, name)
         _remove_empty_folders(lake, name, context.run_id)
         return None

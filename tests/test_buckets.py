@@ -125,3 +125,22 @@ def test_no_part_or_step_file_is_left_behind(runs):
         lake = runs[name][0]
         assert not (lake / "_buckets").exists() or not any((lake / "_buckets").iterdir())
         assert not (lake / "_steps").exists() or not any((lake / "_steps").iterdir())
+
+
+def test_a_model_without_rfm_thresholds_scores_buckets_on_the_whole_month(runs):
+    """A cluster model written before models stored their RFM thresholds: every bucket scores RFM by
+    the quintiles of the whole month, so three buckets still equal one."""
+    month = MONTHS[-1]
+    out = {}
+    for name in ("auto", "three"):
+        lake = runs[name][0]
+        model_path = asset_path(lake, "segment_model", month)
+        pl.read_parquet(model_path).drop("rfm_thresholds").write_parquet(model_path)
+        defs = build_definitions(lake.parent / "segpipe.yaml")
+        result = dg.materialize(
+            [*defs.assets], selection=["segment_membership"], partition_key=month,
+            resources=defs.resources, instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+        out[name] = pl.read_parquet(asset_path(lake, "segment_membership", month))
+    assert out["three"].equals(out["auto"])
+    assert out["auto"]["r_score"].drop_nulls().n_unique() == 5
