@@ -82,9 +82,16 @@ def k8s_executor() -> dg.ExecutorDefinition:
     return dagster_k8s.k8s_job_executor.configured(config)
 
 
+def multiprocess_executor() -> dg.ExecutorDefinition:
+    """Dagster's multiprocess executor, each step a child process forked from a server that has
+    already imported Dagster (and nothing that starts threads: Polars starts its thread pool on
+    import, and forking a process with threads can deadlock), so steps skip Dagster's import."""
+    return dg.multiprocess_executor.configured({"start_method": {"forkserver": {"preload_modules": ["dagster"]}}})
+
+
 _EXECUTORS = {
     "in_process": lambda: dg.in_process_executor,
-    "multiprocess": lambda: dg.multiprocess_executor,
+    "multiprocess": multiprocess_executor,
     "celery": celery_executor,
     "k8s": k8s_executor,
 }

@@ -8,9 +8,9 @@ Not a test: it prints figures and ratios. For each size (customers x 24 months) 
    once, see docs/refresh.md),
 3. refreshes month 1 and month 24 alone, as the monthly schedule does:
    ``segpipe run --from M --to M`` (inputs of the other months already in the lake),
-4. refreshes month 24 again with ``scale.buckets: 2`` through ``dagster job execute``, once with
-   the in-process executor and once with the multiprocess executor (2 processes): the speed-up of
-   running the bucket steps (and other independent steps) side by side,
+4. materializes the bucketed assets of month 24 again with ``scale.buckets: 2`` through
+   ``dagster asset materialize``, once with the in-process executor and once with the multiprocess
+   executor (2 processes, one per step): the speed-up of running bucket steps side by side,
 
 each ``segpipe run`` in its own process, measured with ``os.wait4`` (wall, cpu, peak RSS of that
 process: the whole Dagster run executes in it with the default in-process executor). Per asset it
@@ -103,9 +103,15 @@ def project(base: Path, customers: int, months: int) -> Path:
     return base / "segpipe.yaml"
 
 
+#: The assets computed per customer-hash bucket (docs/scale.md).
+BUCKETED = ("customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features",
+            "segment_membership")
+
+
 def bucket_parallelism(base: Path, config: Path, env: dict, month: str) -> dict:
-    """Month ``month`` refreshed with two buckets by ``dagster job execute``, in process and with the
-    multiprocess executor (2 processes); wall, cpu and peak RSS of each, and the bucket steps' times."""
+    """The bucketed assets of ``month`` with two buckets (``dagster asset materialize``), in process
+    and with the multiprocess executor (2 processes, each step its own process); wall, cpu and
+    peak RSS of each (the multiprocess peak is the largest step process's), and the bucket steps' times."""
     two = base / "segpipe-2-buckets.yaml"
     cfg = yaml.safe_load(config.read_text())
     cfg["scale"] = {"buckets": 2}
@@ -114,9 +120,8 @@ def bucket_parallelism(base: Path, config: Path, env: dict, month: str) -> dict:
     for executor in ("in_process", "multiprocess"):
         log(f"  refresh of {month[:7]} with 2 buckets, {executor} executor")
         run_env = {**env, "SEGPIPE_CONFIG": str(two), "SEGPIPE_EXECUTOR": executor}
-        out[executor] = measured([str(BIN / "dagster"), "job", "execute", "-m", "assets.definitions", "-a", "defs",
-                                  "-j", "segpipe_refresh", "--tags", json.dumps({"dagster/partition": month})],
-                                 ROOT, run_env)
+        out[executor] = measured([str(BIN / "dagster"), "asset", "materialize", "-m", "assets.definitions", "-a", "defs",
+                                  "--select", ",".join(BUCKETED), "--partition", month], ROOT, run_env)
         out[executor].pop("out", None)
         out[executor]["bucket_steps"] = {k: v for k, v in step_times(base / ".dagster_home").items() if "__bucket[" in k}
     out["speedup"] = out["in_process"]["wall"] / out["multiprocess"]["wall"]
@@ -172,7 +177,7 @@ def report(results: list[dict]) -> str:
                      + ", ".join(f"{k} {v:.1f}s" for k, v in slow))
         if "parallel" in r:
             par = r["parallel"]
-            lines.append(f"{'':>10}  month {r['months']} with 2 buckets: in-process {par['in_process']['wall']:.1f}s "
+            lines.append(f"{'':>10}  bucketed assets of month {r['months']}, 2 buckets: in-process {par['in_process']['wall']:.1f}s "
                          f"(peak {par['in_process']['rss_mib']:,.0f} MiB), multiprocess x2 {par['multiprocess']['wall']:.1f}s "
                          f"(peak {par['multiprocess']['rss_mib']:,.0f} MiB): speed-up x{par['speedup']:.2f}")
     if len(results) > 1:
