@@ -25,8 +25,8 @@ across Polars versions moves customers between buckets but never changes an outp
 
 import inspect
 import math
-from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
