@@ -11,10 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
-from sklearn.preprocessing import RobustScaler
 
 from segpipe.config import ClusteringConfig
 
@@ -60,6 +56,9 @@ def choose_k(x: np.ndarray, cfg: ClusteringConfig) -> tuple[int, dict[int, float
     """k in [k_min, k_max] with the best sampled silhouette among ks whose smallest cluster holds
     at least ``min_segment_share`` (cost: one k-means per k on at most ``fit_sample`` rows plus a
     silhouette on at most ``silhouette_sample`` of them, whatever the number of customers)."""
+    from sklearn.cluster import KMeans  # imported when fitting: steps that only assign start faster
+    from sklearn.metrics import silhouette_score
+
     if x.shape[0] > cfg.fit_sample:
         # a seeded sample of its own, so that below fit_sample the draws (and results) stay as they were
         fit_rows = np.sort(np.random.default_rng(cfg.random_state + 1).choice(x.shape[0], size=cfg.fit_sample,
@@ -151,6 +150,9 @@ def fit_cluster_model(
     fit's scaled units; a match closer than ``cfg.match_max_distance`` keeps the old id and name,
     other clusters get new ids. Without a previous model, ids follow mean revenue (C1 highest).
     """
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.preprocessing import RobustScaler
+
     features = features.sort("customer_id")
     raw = feature_matrix(features, cfg.features)
     scaler = RobustScaler().fit(raw)

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2_contingency, wasserstein_distance
 
 from segpipe.clustering import ClusterModel
 from segpipe.config import DriftConfig
@@ -67,12 +65,16 @@ def psi(reference_shares: np.ndarray, current_shares: np.ndarray, *, eps: float 
 
 
 def _chi2_p(table: np.ndarray) -> float:
+    from scipy.stats import chi2_contingency  # SciPy is imported where drift is computed, not by every step
+
     table = table[:, table.sum(axis=0) > 0]
     return float(chi2_contingency(table).pvalue) if table.shape[1] > 1 and (table.sum(axis=1) > 0).all() else 1.0
 
 
 def normalized_wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     """Wasserstein (earth mover's) distance divided by the reference's standard deviation."""
+    from scipy.stats import wasserstein_distance
+
     ref = np.asarray(reference, dtype=float)
     cur = np.asarray(current, dtype=float)
     ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
@@ -94,6 +96,8 @@ def _category_counts(reference: list, current: list) -> tuple[np.ndarray, np.nda
 
 def js_distance(reference: list, current: list) -> float:
     """Jensen-Shannon distance (base 2, in [0, 1]) between two categorical samples."""
+    from scipy.spatial.distance import jensenshannon
+
     r, c = _category_counts(reference, current)
     if r.size == 0:
         return 0.0
