@@ -7,6 +7,10 @@ the upstream partitions that exist. Files: ``{lake_dir}/{asset}/{partition_key}.
 folder or an object-store URL (``s3://``, ``gs://``, ``az://``; :mod:`segpipe.lake`): then inputs
 are Polars' native cloud scans and credentials come from environment variables.
 
+Op outputs that are not assets (the bucket numbers and part lists the ops of a bucketed asset pass
+each other, :mod:`assets.buckets`) are small JSON values under ``{lake_dir}/_steps/``, so steps on
+other processes or machines read them from the shared lake.
+
 Each write holds the partition's lock (:mod:`segpipe.locks`), so two runs of the same partition
 never write it at the same time (the second waits up to ``lock_timeout`` seconds, then fails
 naming the other run's pid), and first removes the temp files a killed writer of that same
