@@ -32,7 +32,7 @@ import dagster as dg
 import polars as pl
 
 from assets.io_manager import STEP_VALUES, write_frame
-from segpipe.lake import Location, is_remote, lake_join, list_files, remove, scan_parquet, write_parquet_atomic
+from segpipe.lake import Location, asset_path, is_remote, lake_join, list_files, remove, scan_parquet, write_parquet_atomic
 
 BUCKET_SEED = 0x5E6B1D
 PARTS = "_buckets"
@@ -135,7 +135,7 @@ def bucketed_asset(
             if finish is not None:
                 merged = finish(context, pk, merged)
             write_frame(lake, name, pk, merged)
-            written = scan_parquet(lake_join(lake, name, f"{pk}.parquet"))
+            written = scan_parquet(asset_path(lake, name, pk))
             context.add_asset_metadata({"buckets": len(files), **report(pk, written)}, partition_key=pk)
         # only once every month is written: a merge re-executed after a failure finds all its parts
         for f in used:

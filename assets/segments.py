@@ -11,7 +11,7 @@ from segpipe.clustering import MODEL_SCHEMA, ClusterModel, adjusted_rand_against
 from segpipe.config import SegmentsConfig, SegpipeConfig, resolve
 from segpipe.lake import lake_join
 from segpipe.locks import write_partition_file
-from segpipe.schemes import RFM_DIMENSIONS
+from segpipe.schemes import rfm_columns
 from segpipe.segments import (
     MEMBERSHIP_DESCRIPTIONS,
     MEMBERSHIP_SCHEMA,
@@ -42,15 +42,10 @@ def _refit_reason(pk: str, first: str, previous: ClusterModel | None, refit_mont
     return None
 
 
-def _rfm_columns(cfg: SegmentsConfig) -> list[str]:
-    rfm = cfg.rfm
-    return [rfm.frequency, *(getattr(rfm, attr) for attr, _ in RFM_DIMENSIONS.values())]
-
-
 def _model_columns(cfg: SegmentsConfig) -> list[str]:
     """The snapshot columns the cluster model's fit, names and RFM thresholds read."""
     return list(dict.fromkeys(["customer_id", "snapshot_month", "identity", "revenue_lifetime",
-                               *cfg.clustering.features, *_rfm_columns(cfg)]))
+                               *cfg.clustering.features, *rfm_columns(cfg.rfm)]))
 
 
 def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
@@ -136,8 +131,8 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             if model_rfm_thresholds(model) is None:
                 # a model written before it stored its RFM thresholds: the month's quintiles over all
                 # customers (not the bucket's), from the three RFM columns
-                cols = dict.fromkeys(["customer_id", *_rfm_columns(cfg.segments)])
-                model = with_rfm_thresholds(model, whole["customer_features"][pk].select(*cols).collect(), cfg.segments)
+                model = with_rfm_thresholds(model, whole["customer_features"][pk].select(
+                    "customer_id", *rfm_columns(cfg.segments.rfm)).collect(), cfg.segments)
             # a bucket's customers are assigned with the whole month's fill for missing recency
             fills = (null_fills(clusterable(whole["customer_features"][pk]), model.features)
                      if model.frame.height else None)

@@ -626,29 +626,29 @@ SHORT_WINDOW_DAYS = 30
 LONG_WINDOW_DAYS = (90, 180, 365)
 
 
+def _usage_quantiles(spec: FeaturesConfig) -> tuple[pl.Expr, pl.Expr]:
+    """The app-day quantiles of ``spec.usage_tier_quantiles`` among the frame's app users."""
+    app_days = pl.col("app_days_30d").filter(pl.col("app_days_30d") > 0)
+    return tuple(app_days.quantile(q, interpolation="lower") for q in spec.usage_tier_quantiles)
+
+
 def usage_tier(spec: FeaturesConfig, thresholds: tuple[float | None, float | None] | None = None) -> pl.Expr:
     """``usage_tier`` from ``app_days_30d``: non-user without app days, else heavy / medium / light
     by ``spec.usage_tier_quantiles`` of app days among the app users of the whole frame, or by given
     ``thresholds`` (:func:`usage_thresholds` of the whole snapshot, when it is computed in buckets)."""
     app_days = pl.col("app_days_30d")
-    users = app_days > 0
     if thresholds is None:
-        q_lo, q_hi = spec.usage_tier_quantiles
-        lo = app_days.filter(users).quantile(q_lo, interpolation="lower")
-        hi = app_days.filter(users).quantile(q_hi, interpolation="lower")
+        lo, hi = _usage_quantiles(spec)
     else:
         lo, hi = (pl.lit(t, dtype=pl.Float64) for t in thresholds)
-    return (pl.when(~users).then(pl.lit("non-user")).when(app_days >= hi).then(pl.lit("heavy"))
+    return (pl.when(~(app_days > 0)).then(pl.lit("non-user")).when(app_days >= hi).then(pl.lit("heavy"))
             .when(app_days >= lo).then(pl.lit("medium")).otherwise(pl.lit("light")).alias("usage_tier"))
 
 
 def usage_thresholds(features: pl.LazyFrame, spec: FeaturesConfig) -> tuple[float | None, float | None]:
     """The app-day quantiles of :func:`usage_tier` over all of ``features`` (reads one column)."""
-    q_lo, q_hi = spec.usage_tier_quantiles
-    app_days = pl.col("app_days_30d").filter(pl.col("app_days_30d") > 0)
-    row = features.select(app_days.quantile(q_lo, interpolation="lower").alias("lo"),
-                          app_days.quantile(q_hi, interpolation="lower").alias("hi")).collect().row(0)
-    return row[0], row[1]
+    lo, hi = _usage_quantiles(spec)
+    return features.select(lo.alias("lo"), hi.alias("hi")).collect().row(0)
 
 
 def daily_months(month: str) -> list[str]:

@@ -32,6 +32,11 @@ RFM_DIMENSIONS = {"r": ("recency", False), "f": ("frequency", True), "m": ("mone
 RfmThresholds = dict[str, list[float]]
 
 
+def rfm_columns(cfg: RfmConfig) -> list[str]:
+    """The snapshot columns RFM scoring reads: the buyer test (frequency) and each dimension's."""
+    return list(dict.fromkeys([cfg.frequency, *(getattr(cfg, attr) for attr, _ in RFM_DIMENSIONS.values())]))
+
+
 def _rfm_inputs(features: pl.DataFrame, cfg: RfmConfig) -> pl.DataFrame:
     buyers = pl.col(cfg.frequency) > 0
     return features.select(
