@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -43,7 +44,7 @@ from segpipe.contract import (
     INGESTED_SCHEMA,
     QUARANTINE_SCHEMA,
 )
-from segpipe.readers import RawFile, list_source_files, read_source_file, redact, stat_source_file
+from segpipe.readers import RawFile, list_source_files, read_source_chunks, redact, stat_source_file
 from segpipe.timeutil import month_start
 
 #: Which identifier every row of a source must carry, in order of preference, when the
@@ -216,6 +217,13 @@ def _parse_number(text: pl.Expr, *, currency: bool) -> pl.Expr:
     return pl.when(num.is_finite()).then(num)
 
 
+def raw_values(cfg: SourceConfig) -> pl.Expr:
+    """A row's source values (the mapped columns) as JSON, email-shaped text redacted: the ``raw``
+    column of quarantine rows."""
+    src_cols = list(dict.fromkeys(cfg.columns.values()))
+    return redact(pl.struct([pl.col(c).cast(pl.String) for c in src_cols]).struct.json_encode())
+
+
 def normalize_file(
     raw: RawFile, *, source: str, cfg: SourceConfig, event_types: dict[str, str],
     first_month: dt.datetime, key: bytes, epoch_numbers: bool | None = None,
@@ -228,11 +236,7 @@ def normalize_file(
     ``raw`` holds the source values as JSON (email-shaped text redacted), for quarantine rows.
     """
     m = cfg.columns
-    f = raw.frame
-    src_cols = list(dict.fromkeys(m.values()))
-    f = f.with_columns(
-        redact(pl.struct([pl.col(c).cast(pl.String) for c in src_cols]).struct.json_encode()).alias("__raw")
-    )
+    f = raw.frame.with_columns(raw_values(cfg).alias("__raw"))
 
     def text(canon: str) -> pl.Expr:
         if canon not in m:
@@ -319,28 +323,6 @@ def normalize_file(
     )
 
 
-def _home_months(frame: pl.DataFrame, first_month: dt.datetime) -> pl.DataFrame:
-    """Attach ``home`` (Date, first of month) to each row, see the module docstring.
-
-    A row is placeable when its event time parses and lies between the first month and the time
-    its file was written; it then lives in its event month even when invalid for another reason.
-    """
-    valid_month = pl.when(pl.col("placeable")).then(pl.col("event_time").dt.truncate("1mo").dt.date())
-    frame = frame.with_columns(valid_month.alias("__vm"))
-    dominant = (
-        frame.filter(pl.col("__vm").is_not_null())
-        .group_by("source_file", "__vm")
-        .len()
-        .sort(["source_file", "len", "__vm"], descending=[False, True, False])
-        .unique("source_file", keep="first", maintain_order=True)
-        .select("source_file", pl.col("__vm").alias("__dominant"))
-    )
-    frame = frame.join(dominant, on="source_file", how="left", maintain_order="left")
-    return frame.with_columns(
-        home=pl.coalesce("__vm", "__dominant", pl.lit(first_month.date())),
-    ).drop("__vm", "__dominant")
-
-
 def ingest_source(
     config: SegpipeConfig, source: str, months: list[str], *, key: bytes
 ) -> dict[str, MonthIngest]:
@@ -365,31 +347,59 @@ def ingest_source(
     types = config.event_type_map(source)
     time_col = cfg.columns["event_time"]
 
-    def read(path: str) -> RawFile:
-        return read_source_file(
+    def chunks(path: str) -> Iterator[RawFile]:
+        return read_source_chunks(
             path, fmt=cfg.format, columns=list(dict.fromkeys(cfg.columns.values())),
             source=source, separator=cfg.csv_separator, listed=listed[path],
         )
 
-    def normalize(raw: RawFile, epoch_numbers: bool) -> pl.DataFrame:
-        return normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key,
-                              epoch_numbers=epoch_numbers)
+    def read(path: str, epoch_numbers: bool) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str], tuple[int, int]]:
+        """One file, block by block: its rows of the wanted months (with their ``home``), its
+        unparseable lines if they belong to one, every month its rows and lines belong to (for the
+        file index) and its time votes. Only the wanted months' rows stay in memory, and of those
+        the source values (``raw``) only where a row is invalid: memory follows one block and the
+        months asked for, not the file or the source's history."""
+        kept, unplaced, malformed = [], [], []
+        counts: dict[dt.date, int] = {}
+        numbers = dates = 0
+        for raw in chunks(path):
+            n, d = time_votes(raw, time_col)
+            numbers, dates = numbers + n, dates + d
+            norm = normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key,
+                                  epoch_numbers=epoch_numbers)
+            norm = norm.with_columns(
+                home=pl.when(pl.col("placeable")).then(pl.col("event_time").dt.truncate("1mo").dt.date()),
+                raw=pl.when(pl.col("reason").is_not_null()).then(pl.col("raw")),
+            )
+            for month, n in norm.group_by("home").len().drop_nulls("home").iter_rows():
+                counts[month] = counts.get(month, 0) + n
+            kept.append(norm.filter(pl.col("home").is_in(wanted)))
+            unplaced.append(norm.filter(pl.col("home").is_null()))
+            if raw.malformed.height:
+                malformed.append(raw.malformed)
+        # A row whose time cannot be placed, and a line that could not even be parsed, belong to
+        # the file's dominant month (the earliest of equals; the first month without any).
+        home = min(counts, key=lambda m: (-counts[m], m)) if counts else first.date()
+        rest = pl.concat(unplaced).with_columns(home=pl.lit(home, dtype=pl.Date))
+        months = set(counts) | ({home} if rest.height or malformed else set())
+        lines = (pl.concat(malformed).with_columns(home=pl.lit(home, dtype=pl.Date))
+                 if malformed and home in wanted else None)
+        rows = pl.concat([*kept, rest.filter(pl.col("home").is_in(wanted))])
+        return rows, lines, sorted(m.isoformat() for m in months), (numbers, dates)
 
-    def keep(norm: pl.DataFrame, bad: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str]]:
-        """The file's rows of the wanted months, its unparseable lines if they belong to one (only
-        those stay in memory, so memory follows the months asked for, not the source's history),
-        and every month the file's rows and lines belong to (for the file index)."""
-        lines, months = None, set()
-        if bad.height:
-            # Lines that could not even be parsed belong to their file's home month.
-            dom = norm.filter(pl.col("placeable"))["event_time"].dt.truncate("1mo").dt.date()
-            home = dom.mode().sort().first() if dom.len() else first.date()
-            months.add(home)
-            if home in wanted:
-                lines = bad.with_columns(home=pl.lit(home, dtype=pl.Date))
-        homes = _home_months(norm, first)
-        months.update(homes["home"].unique().to_list())
-        return homes.filter(pl.col("home").is_in(wanted)), lines, sorted(m.isoformat() for m in months)
+    def raw_of(rows: pl.DataFrame) -> pl.DataFrame:
+        """``source_file, source_row, raw`` of the given rows, read again from their files: valid
+        rows do not keep their source values, and only a conflict (below, rare) needs them."""
+        found = []
+        for (path,), part in rows.group_by("source_file", maintain_order=True):
+            want = part["source_row"].implode()
+            for raw in chunks(path):
+                hit = raw.frame.filter(pl.col("source_row").is_in(want))
+                if hit.height:
+                    found.append(hit.select(pl.lit(path).alias("source_file"), "source_row",
+                                            raw_values(cfg).alias("raw")))
+        return (pl.concat(found) if found
+                else pl.DataFrame(schema={"source_file": pl.String, "source_row": pl.Int64, "raw": pl.String}))
 
     empty = pl.DataFrame(schema={**INGESTED_SCHEMA, "reason": pl.String, "placeable": pl.Boolean, "raw": pl.String,
                                  "home": pl.Date})
@@ -399,7 +409,7 @@ def ingest_source(
     malformed_per_file: list[pl.DataFrame | None] = []
     votes: list[tuple[int, int]] = []
     read_files: set[str] = set()
-    for path in files:  # one file in memory at a time: bare numbers are provisionally epoch times
+    for path in files:  # bare numbers are provisionally epoch times
         known = index.get(path, listed[path])
         if known is not None and not wanted_keys & set(known["months"]):
             # read before, unchanged since, and none of its rows belongs to the months asked for
@@ -407,11 +417,10 @@ def ingest_source(
             frames.append(empty)
             malformed_per_file.append(None)
             continue
-        raw = read(path)
+        rows, lines, months, file_votes = read(path, True)
         read_files.add(path)
-        votes.append(time_votes(raw, time_col))
-        rows, lines, months = keep(normalize(raw, True), raw.malformed)
-        index.put(path, listed[path], months=months, votes=votes[-1])
+        votes.append(file_votes)
+        index.put(path, listed[path], months=months, votes=file_votes)
         frames.append(rows)
         malformed_per_file.append(lines)
     if sum(v[0] for v in votes) < sum(v[1] for v in votes):
@@ -420,9 +429,8 @@ def ingest_source(
         # (skipped ones too: the index knows their months with bare numbers read as times).
         for i, path in enumerate(files):
             if votes[i][0]:
-                raw = read(path)
                 read_files.add(path)
-                frames[i], malformed_per_file[i], _ = keep(normalize(raw, False), raw.malformed)
+                frames[i], malformed_per_file[i], _, _ = read(path, False)
     index.save(keep=files)
     malformed = [m for m in malformed_per_file if m is not None]
     allrows = pl.concat(frames, how="vertical") if frames else empty
@@ -433,20 +441,30 @@ def ingest_source(
 
     results: dict[str, MonthIngest] = {}
     for month in wanted:
-        rows = allrows.filter(pl.col("home") == month)
+        rows = allrows if len(wanted) == 1 else allrows.filter(pl.col("home") == month)
         lines = bad_lines.filter(pl.col("home") == month).drop("home")
-        valid = rows.filter(pl.col("reason").is_null())
+        valid = rows.lazy().filter(pl.col("reason").is_null())
         invalid = rows.filter(pl.col("reason").is_not_null())
-        # Exact duplicates: identical content (wherever it was read from); keep the first read.
-        valid = valid.sort("source_file", "source_row")
-        deduped = valid.unique(subset=_CONTENT_COLUMNS, keep="first", maintain_order=True)
-        dups = valid.height - deduped.height
-        # The same event_id with different content is a conflict, not a duplicate: keep the first.
-        conflict = deduped.select(pl.int_range(pl.len()).over("event_id") > 0).to_series()
-        conflicts = deduped.filter(conflict).with_columns(
-            reason=pl.format("event_id {} repeats with different content", pl.col("event_id"))
-        )
-        deduped = deduped.filter(~conflict)
+        # Only rows whose event_id repeats can be duplicates or conflicts: found by hashing that one
+        # column, so the content of all columns is compared for those few rows alone.
+        repeated = valid.select("event_id").filter(pl.col("event_id").is_duplicated()).unique().collect()
+        parts, conflicts, dups = [valid], invalid.clear(), 0
+        if repeated.height:
+            # Exact duplicates: identical content (wherever it was read from); keep the first read.
+            rep = valid.join(repeated.lazy(), on="event_id", how="semi").collect().sort("source_file", "source_row")
+            kept = rep.unique(subset=_CONTENT_COLUMNS, keep="first", maintain_order=True)
+            dups = rep.height - kept.height
+            # The same event_id with different content is a conflict, not a duplicate: keep the first.
+            conflict = kept.select(pl.int_range(pl.len()).over("event_id") > 0).to_series()
+            conflicts = kept.filter(conflict).with_columns(
+                reason=pl.format("event_id {} repeats with different content", pl.col("event_id"))
+            )
+            parts = [valid.join(repeated.lazy(), on="event_id", how="anti"), kept.filter(~conflict).lazy()]
+        events = pl.concat([p.select(list(INGESTED_SCHEMA)) for p in parts]).sort("event_time", "event_id").collect(engine="in-memory")
+        if conflicts.height:
+            conflicts = conflicts.drop("raw").join(raw_of(conflicts.select("source_file", "source_row")),
+                                                   on=["source_file", "source_row"], how="left", maintain_order="left"
+                                                   ).select(conflicts.columns)
         quarantine = pl.concat(
             [
                 lines,
@@ -455,7 +473,6 @@ def ingest_source(
                 ),
             ]
         ).sort("source_file", "source_row")
-        events = deduped.select(list(INGESTED_SCHEMA)).sort("event_time", "event_id")
         key_str = month.strftime("%Y-%m-%d")
         results[key_str] = MonthIngest(
             month=key_str,

@@ -23,8 +23,8 @@ import os
 import re
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
@@ -123,11 +123,24 @@ def _check_unchanged(path: str, source: str, before: os.stat_result, after: os.s
         )
 
 
-def read_source_file(
+#: How much of a source file is read at a time: CSV and JSON Lines in blocks of whole lines of
+#: about this many bytes, Parquet in slices of ``CHUNK_BYTES // PARQUET_ROW_BYTES`` rows. Memory of
+#: ingestion follows one block (plus the rows kept), not the size of the file.
+CHUNK_BYTES = 8 * 2**20
+PARQUET_ROW_BYTES = 200
+
+
+def read_source_chunks(
     path: str, *, fmt: str, columns: list[str], source: str, separator: str = ",",
-    listed: os.stat_result | None = None,
-) -> RawFile:
-    """Read one file, keeping only ``columns`` (source names), with a 1-based ``source_row``.
+    listed: os.stat_result | None = None, chunk_bytes: int | None = None,
+) -> Iterator[RawFile]:
+    """Read one file piece by piece, keeping only ``columns`` (source names), with a 1-based
+    ``source_row`` (the line number in CSV and JSON Lines, the row number in Parquet).
+
+    Yields one :class:`RawFile` per block of about ``chunk_bytes`` (default :data:`CHUNK_BYTES`);
+    a file always yields at least one, possibly empty. Rows and quarantined lines are exactly those
+    of reading the whole file at once (:func:`read_source_file`): blocks end on line boundaries,
+    and a CSV block never ends inside a quoted field.
 
     Parameters
     ----------
@@ -149,6 +162,7 @@ def read_source_file(
     ------
     SourceError
         The file cannot be used: gone, unreadable, not UTF-8, empty CSV, corrupt, a column missing.
+        Raised when the problem is met, so blocks before it may have been yielded already.
     OSError
         A transient I/O error (see :data:`TRANSIENT_ERRNOS`): retrying may succeed.
     """
@@ -160,19 +174,35 @@ def read_source_file(
     else:
         before = stat_source_file(path, source=source)
         _check_unchanged(path, source, listed, before, "since it was listed")
+    size = chunk_bytes or CHUNK_BYTES
+    if fmt == "csv":
+        parts = _csv_chunks(path, columns, source, separator, size)
+    elif fmt == "jsonl":
+        parts = _jsonl_chunks(path, columns, source, size)
+    elif fmt == "parquet":
+        parts = _parquet_chunks(path, columns, source, max(1, size // PARQUET_ROW_BYTES))
+    else:  # pragma: no cover - the config only allows the three
+        raise SourceError(f"source '{source}': unknown format {fmt!r} for {path}")
     try:
-        if fmt == "csv":
-            frame, malformed = _read_csv(path, columns, source, separator)
-        elif fmt == "jsonl":
-            frame, malformed = _read_jsonl(path, columns, source)
-        elif fmt == "parquet":
-            frame, malformed = _read_parquet(path, columns, source)
-        else:  # pragma: no cover - the config only allows the three
-            raise SourceError(f"source '{source}': unknown format {fmt!r} for {path}")
+        for frame, malformed in parts:
+            yield RawFile(path=path, frame=frame, malformed=malformed, mtime=before.st_mtime)
     except OSError as exc:
         raise _os_error(exc, path, source) from None
     _check_unchanged(path, source, before, stat_source_file(path, source=source), "while being read")
-    return RawFile(path=path, frame=frame, malformed=malformed, mtime=before.st_mtime)
+
+
+def read_source_file(
+    path: str, *, fmt: str, columns: list[str], source: str, separator: str = ",",
+    listed: os.stat_result | None = None,
+) -> RawFile:
+    """The whole file at once: :func:`read_source_chunks` (same parameters and errors) concatenated."""
+    chunks = list(read_source_chunks(path, fmt=fmt, columns=columns, source=source, separator=separator,
+                                     listed=listed))
+    return RawFile(
+        path=path, mtime=chunks[0].mtime,
+        frame=pl.concat([c.frame for c in chunks], how="vertical"),
+        malformed=pl.concat([c.malformed for c in chunks], how="vertical"),
+    )
 
 
 def _missing_columns(path: str, source: str, have: list[str], want: list[str]) -> None:
@@ -202,64 +232,117 @@ def _malformed(path: str, source: str, rows: list[tuple[int, str, str]]) -> pl.D
     ).with_columns(redact(pl.col("raw")))
 
 
-def _read_bytes(path: str, source: str) -> bytes:
-    """The file's bytes, gunzipped when they start with the gzip magic number."""
-    data = Path(path).read_bytes()
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise SourceError(
-                f"source '{source}': {path} is a corrupt or truncated gzip file ({exc}); re-export it"
-            ) from None
-    return data
+def _open_raw(path: str):
+    """The file opened for binary reading, through gzip when it starts with the gzip magic number."""
+    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    if fh.read(2) == _GZIP_MAGIC:
+        fh.close()
+        return gzip.open(path, "rb")
+    fh.seek(0)
+    return fh
 
 
-def _decode(path: str, data: bytes, source: str) -> str:
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise SourceError(
-            f"source '{source}': {path} is UTF-16 (byte order mark at byte 0), not UTF-8; "
-            f"re-encode it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
-        )
+def _text_blocks(path: str, source: str, size: int, *, csv_quotes: bool = False) -> Iterator[tuple[int, str]]:
+    """``(first line number, text)`` of consecutive blocks of whole lines of about ``size`` bytes,
+    decoded from UTF-8 (a leading byte order mark dropped; UTF-16 and bytes that are not UTF-8
+    refused, naming the byte offset, line and column). With ``csv_quotes`` a block only ends where
+    the double quotes seen so far are balanced, so a quoted field spanning lines stays in one block.
+    A file without a byte yields nothing."""
+    line, offset, pending, first = 1, 0, b"", True
+    with _open_raw(path) as fh:
+        while True:
+            try:
+                data = fh.read(size)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise SourceError(
+                    f"source '{source}': {path} is a corrupt or truncated gzip file ({exc}); re-export it"
+                ) from None
+            eof = not data
+            if first:
+                first = False
+                if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                    raise SourceError(
+                        f"source '{source}': {path} is UTF-16 (byte order mark at byte 0), not UTF-8; "
+                        f"re-encode it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+                    )
+                if data.startswith(b"\xef\xbb\xbf"):
+                    data, offset = data[3:], 3
+            buf = pending + data
+            if eof:
+                if buf:
+                    yield line, _decode_block(path, buf, source, offset, line)
+                return
+            cut = buf.rfind(b"\n") + 1
+            if csv_quotes and cut:
+                quotes = buf.count(b'"', 0, cut)
+                while cut and quotes % 2:  # walk back line by line to a balanced end
+                    prev = buf.rfind(b"\n", 0, cut - 1) + 1
+                    quotes -= buf.count(b'"', prev, cut)
+                    cut = prev
+            if not cut:  # no complete line (or no balanced one) yet: read on
+                pending = buf
+                continue
+            block, pending = buf[:cut], buf[cut:]
+            yield line, _decode_block(path, block, source, offset, line)
+            line += block.count(b"\n")
+            offset += len(block)
+
+
+def _decode_block(path: str, data: bytes, source: str, offset: int, line: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        at = data.count(b"\n", 0, exc.start) + line
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         bad = data[exc.start:exc.end].hex(" ")
         raise SourceError(
-            f"source '{source}': {path} is not UTF-8 (byte offset {exc.start}, line {line}, column {col}: "
+            f"source '{source}': {path} is not UTF-8 (byte offset {offset + exc.start}, line {at}, column {col}: "
             f"byte(s) {bad}, {exc.reason}); re-encode it as UTF-8 (for Windows-1252 / Latin-1 exports: "
             f"iconv -f CP1252 -t UTF-8)"
         ) from None
 
 
-def _read_csv(path: str, columns: list[str], source: str, sep: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    text = _decode(path, _read_bytes(path, source), source)
+def _lines(text: str) -> list[str]:
+    """A block's lines, without the line ends (``\\n`` or ``\\r\\n``)."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    if not lines:
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _csv_chunks(path: str, columns: list[str], source: str, sep: str, size: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    header: list[str] | None = None
+    head = ""
+    for line, text in _text_blocks(path, source, size, csv_quotes=True):
+        lines = _lines(text)
+        if header is None:
+            if not lines or not lines[0].strip():
+                raise SourceError(f"source '{source}': {path} line 1 (the header) is blank; expected column names")
+            head = lines[0]
+            header = next(csv.reader([head], delimiter=sep))
+            _missing_columns(path, source, header, columns)
+            lines, line = lines[1:], line + 1
+        yield _csv_block(path, lines, line, head, header, columns, source, sep)
+    if header is None:
         # A zero-byte CSV is most often a failed or truncated export: refuse rather than read it
         # as "no rows". A file with only the header line is a valid empty file.
         raise SourceError(
             f"source '{source}': {path} is empty (0 bytes, no header line): a failed export? "
             f"Write at least the header line for an empty file, or remove it"
         )
-    if not lines[0].strip():
-        raise SourceError(f"source '{source}': {path} line 1 (the header) is blank; expected column names")
-    header = next(csv.reader([lines[0]], delimiter=sep))
-    _missing_columns(path, source, header, columns)
+
+
+def _csv_block(path: str, lines: list[str], first: int, head: str, header: list[str], columns: list[str],
+               source: str, sep: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows and malformed lines of the CSV ``lines`` (numbered from ``first``) under the header line
+    ``head`` (parsed: ``header``)."""
     if any(ln.count('"') % 2 for ln in lines):
         # A quoted field spans lines: only a full CSV parser can tell records apart.
-        return _read_csv_slow(path, text, header, columns, source, sep)
+        return _csv_block_slow(path, "\n".join(lines) + "\n", first, header, columns, source, sep)
     n = len(header)
     good: list[int] = []
     bad: list[tuple[int, str, str]] = []
-    for i, ln in enumerate(lines[1:], start=2):
+    for i, ln in enumerate(lines, start=first):
         if not ln.strip():
             if ln:  # whitespace-only line: not a record, but not silently ignored either
                 bad.append((i, "blank line with whitespace", ln))
@@ -269,30 +352,29 @@ def _read_csv(path: str, columns: list[str], source: str, sep: str) -> tuple[pl.
             bad.append((i, f"malformed CSV line: expected {n} fields, found {nf}", ln))
         else:
             good.append(i)
-    body = "\n".join([lines[0], *(lines[i - 1] for i in good)]) + "\n"
+    body = "\n".join([head, *(lines[i - first] for i in good)]) + "\n"
     frame = pl.read_csv(
         io.StringIO(body), separator=sep, infer_schema=False, columns=columns, raise_if_empty=False
-    )
+    ) if good else pl.DataFrame(schema={c: pl.String for c in columns})
     if frame.height != len(good):  # pragma: no cover - defensive: fall back to the exact parser
-        return _read_csv_slow(path, text, header, columns, source, sep)
-    frame = frame.with_columns(pl.Series("source_row", good, dtype=pl.Int64))
+        return _csv_block_slow(path, "\n".join(lines) + "\n", first, header, columns, source, sep)
+    frame = frame.select(columns).with_columns(pl.Series("source_row", good, dtype=pl.Int64))
     return frame, _malformed(path, source, bad)
 
 
-def _read_csv_slow(
-    path: str, text: str, header: list[str], columns: list[str], source: str, sep: str
+def _csv_block_slow(
+    path: str, text: str, first: int, header: list[str], columns: list[str], source: str, sep: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-    next(reader)
     idx = [header.index(c) for c in columns]
     n = len(header)
     data: list[list[str]] = [[] for _ in columns]
     rows: list[int] = []
     bad: list[tuple[int, str, str]] = []
-    start = reader.line_num + 1
+    start = first
     for rec in reader:
         if not rec:
-            start = reader.line_num + 1
+            start = first + reader.line_num
             continue
         if len(rec) != n:
             bad.append((start, f"malformed CSV line: expected {n} fields, found {len(rec)}", sep.join(rec)))
@@ -300,30 +382,78 @@ def _read_csv_slow(
             rows.append(start)
             for d, j in zip(data, idx):
                 d.append(rec[j])
-        start = reader.line_num + 1
+        start = first + reader.line_num
     frame = pl.DataFrame({c: d for c, d in zip(columns, data)}, schema={c: pl.String for c in columns})
     frame = frame.with_columns(pl.Series("source_row", rows, dtype=pl.Int64))
     return frame, _malformed(path, source, bad)
 
 
-def _read_jsonl(path: str, columns: list[str], source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    text = _decode(path, _read_bytes(path, source), source)
+def _jsonl_chunks(path: str, columns: list[str], source: str, size: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """JSON Lines blocks; a mapped key that no line of the file has raises (after the last block)."""
+    seen: set[str] = set()  # mapped keys met so far
+    found: set[str] = set()  # every key met on the per-line path, for the message
+    any_good = False
+    empty = True
+    for line, text in _text_blocks(path, source, size):
+        empty = False
+        frame, malformed, keys = _jsonl_block(path, text, line, columns, source)
+        any_good |= frame.height > 0
+        if keys is not None:
+            found |= keys
+            seen |= keys & set(columns)
+        for c in set(columns) - seen:
+            # a key with only null values still counts as present
+            if frame[c].null_count() < frame.height or json.dumps(c) in text:
+                seen.add(c)
+        yield frame, malformed
+    if empty:
+        yield pl.DataFrame(schema={**{c: pl.String for c in columns}, "source_row": pl.Int64}), _malformed(path, source, [])
+    if any_good and not set(columns) <= seen:
+        if not found:
+            found = _jsonl_keys(path, source)
+        _missing_columns(path, source, sorted(found), columns)
+
+
+def _jsonl_keys(path: str, source: str, limit: int = 1000) -> set[str]:
+    """Keys of the first ``limit`` JSON objects of the file (for an error message)."""
+    keys: set[str] = set()
+    n = 0
+    for _, text in _text_blocks(path, source, CHUNK_BYTES):
+        for ln in text.split("\n"):
+            try:
+                obj = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                keys.update(obj)
+                n += 1
+                if n >= limit:
+                    return keys
+    return keys
+
+
+def _jsonl_block(path: str, text: str, first: int, columns: list[str], source: str
+                 ) -> tuple[pl.DataFrame, pl.DataFrame, set[str] | None]:
+    """Rows and malformed lines of a block of JSON Lines (numbered from ``first``), and the keys
+    seen when the lines were parsed one by one (None on the fast path)."""
     lines = text.split("\n")
-    nonblank = [i for i, ln in enumerate(lines, start=1) if ln.strip()]
-    if nonblank:
-        try:  # fast path: every line parses; the slow path below finds the ones that do not
-            frame = pl.read_ndjson(io.StringIO(text), schema={c: pl.String for c in columns})
-            names = pl.read_ndjson(io.StringIO(text), infer_schema_length=None).columns
-        except Exception:  # noqa: BLE001 - any parse error sends us to the per-line path
-            frame = None
-        if frame is not None and frame.height == len(nonblank):
-            _missing_columns(path, source, names, columns)
-            frame = frame.with_columns(pl.Series("source_row", nonblank, dtype=pl.Int64))
-            return frame, _malformed(path, source, [])
+    if lines and lines[-1] == "":
+        lines.pop()
+    nonblank = [i for i, ln in enumerate(lines, start=first) if ln.strip()]
+    schema = {c: pl.String for c in columns}
+    if not nonblank:
+        return (pl.DataFrame(schema={**schema, "source_row": pl.Int64}), _malformed(path, source, []), set())
+    try:  # fast path: every line parses; the slow path below finds the ones that do not
+        frame = pl.read_ndjson(io.StringIO(text), schema=schema)
+    except Exception:  # noqa: BLE001 - any parse error sends us to the per-line path
+        frame = None
+    if frame is not None and frame.height == len(nonblank):
+        frame = frame.with_columns(pl.Series("source_row", nonblank, dtype=pl.Int64))
+        return frame, _malformed(path, source, []), None
     good: list[int] = []
     bad: list[tuple[int, str, str]] = []
     seen_keys: set[str] = set()
-    for i, ln in enumerate(lines, start=1):
+    for i, ln in enumerate(lines, start=first):
         s = ln.strip()
         if not s:
             continue
@@ -337,31 +467,38 @@ def _read_jsonl(path: str, columns: list[str], source: str) -> tuple[pl.DataFram
             continue
         seen_keys.update(obj)
         good.append(i)
-    if good and not set(columns) <= seen_keys:
-        _missing_columns(path, source, sorted(seen_keys), columns)
-    body = "\n".join(lines[i - 1] for i in good)
-    if good:
-        frame = pl.read_ndjson(io.StringIO(body), schema={c: pl.String for c in columns})
-    else:
-        frame = pl.DataFrame(schema={c: pl.String for c in columns})
+    body = "\n".join(lines[i - first] for i in good)
+    frame = pl.read_ndjson(io.StringIO(body), schema=schema) if good else pl.DataFrame(schema=schema)
     frame = frame.with_columns(pl.Series("source_row", good, dtype=pl.Int64))
-    return frame, _malformed(path, source, bad)
+    return frame, _malformed(path, source, bad), seen_keys
 
 
-def _read_parquet(path: str, columns: list[str], source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == _GZIP_MAGIC
-    target: str | io.BytesIO = io.BytesIO(_read_bytes(path, source)) if gzipped else path
+def _parquet_chunks(path: str, columns: list[str], source: str, rows: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Parquet in slices of ``rows`` rows (a gzip-compressed Parquet file is decompressed in memory)."""
+    with _open_raw(path) as fh:
+        gzipped = isinstance(fh, gzip.GzipFile)
+        if gzipped:
+            try:
+                target: str | io.BytesIO = io.BytesIO(fh.read())
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise SourceError(
+                    f"source '{source}': {path} is a corrupt or truncated gzip file ({exc}); re-export it"
+                ) from None
+        else:
+            target = path
+
+    def unreadable(exc: Exception) -> Exception:
+        if isinstance(exc, OSError) and is_transient(exc):
+            return exc
+        return SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}")
+
     try:
         schema = pl.read_parquet_schema(target)
         if isinstance(target, io.BytesIO):
             target.seek(0)
-    except OSError as exc:
-        if is_transient(exc):
-            raise
-        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
+        total = pl.scan_parquet(target).select(pl.len()).collect().item()
     except Exception as exc:  # polars raises several error types for a corrupt file
-        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
+        raise unreadable(exc) from None
     _missing_columns(path, source, list(schema), columns)
     for c in columns:
         dtype = schema[c]
@@ -370,21 +507,20 @@ def _read_parquet(path: str, columns: list[str], source: str) -> tuple[pl.DataFr
                 f"source '{source}': {path} column {c!r} has type {dtype}; expected text, a number, "
                 f"a date or a timestamp"
             )
-    try:
-        frame = pl.read_parquet(target, columns=columns)
-    except OSError as exc:
-        if is_transient(exc):
-            raise
-        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
-    except Exception as exc:  # a corrupt row group surfaces only when the data is read
-        raise SourceError(f"source '{source}': {path} is not a readable Parquet file: {exc}") from None
-    for c in columns:
-        if frame.schema[c] == pl.Binary:
-            try:
-                frame = frame.with_columns(pl.col(c).cast(pl.String))
-            except Exception:  # noqa: BLE001 - polars' error type for invalid UTF-8 varies
-                raise SourceError(
-                    f"source '{source}': {path} column {c!r} holds bytes that are not UTF-8 text"
-                ) from None
-    frame = frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_row"))
-    return frame, pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    for start in range(0, max(total, 1), rows):
+        if isinstance(target, io.BytesIO):
+            target.seek(0)
+        try:  # a corrupt row group surfaces only when the data is read
+            frame = pl.scan_parquet(target).select(columns).slice(start, rows).collect()
+        except Exception as exc:
+            raise unreadable(exc) from None
+        for c in columns:
+            if frame.schema[c] == pl.Binary:
+                try:
+                    frame = frame.with_columns(pl.col(c).cast(pl.String))
+                except Exception:  # noqa: BLE001 - polars' error type for invalid UTF-8 varies
+                    raise SourceError(
+                        f"source '{source}': {path} column {c!r} holds bytes that are not UTF-8 text"
+                    ) from None
+        frame = frame.with_columns(pl.int_range(start + 1, start + pl.len() + 1, dtype=pl.Int64).alias("source_row"))
+        yield frame, pl.DataFrame(schema=QUARANTINE_SCHEMA)

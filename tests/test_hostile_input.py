@@ -25,6 +25,16 @@ KEY = b"k"
 MONTHS = ["2025-01-01", "2025-02-01"]
 
 
+@pytest.fixture(autouse=True, params=["whole", "blocks"])
+def block_size(request, monkeypatch):
+    """Every case runs twice: with files read in one block, and in blocks of a few bytes (a few
+    lines, or one Parquet row), so that no promise depends on where a block ends."""
+    if request.param == "blocks":
+        monkeypatch.setattr(readers, "CHUNK_BYTES", 7)
+        monkeypatch.setattr(readers, "PARQUET_ROW_BYTES", 7)
+    return request.param
+
+
 def _orders(tmp_path: Path, body: str | bytes, *, name: str = "orders.csv", **src) -> Path:
     """Write an orders file (header added to text bodies) and its project; return the config path."""
     path = tmp_path / "src" / name
@@ -311,6 +321,37 @@ def test_corrupt_gzip_is_refused(tmp_path):
 
 
 # -- empty files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("gz", [False, True])
+def test_reading_in_blocks_gives_the_rows_and_line_numbers_of_a_whole_read(tmp_path, gz):
+    """Blocks end on line boundaries and never inside a quoted field: the same rows, the same line
+    numbers and the same quarantined lines whatever the block size (BOM, CRLF, multi-line fields)."""
+    body = "\ufeff" + ORDERS_HEADER.replace("\n", "\r\n")
+    for i in range(1, 41):
+        if i % 7 == 0:
+            body += f'{i},C{i},2025-01-05,5,a@example.com,"two\r\nlines ""quoted"""\r\n'
+        elif i % 11 == 0:
+            body += f"{i},C{i},broken\r\n"
+        else:
+            body += f"{i},C{i},2025-01-{i % 28 + 1:02d},{i},a@example.com,toys\r\n"
+    path = tmp_path / ("orders.csv.gz" if gz else "orders.csv")
+    data = body.encode("utf-8")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    cols = ["oid", "cust", "cat"]
+    reads = {}
+    for size in (5, 37, 200, 10**6):
+        chunks = list(readers.read_source_chunks(str(path), fmt="csv", columns=cols, source="orders",
+                                                 chunk_bytes=size))
+        reads[size] = (pl.concat([c.frame for c in chunks]), pl.concat([c.malformed for c in chunks]), len(chunks))
+    frame, bad, _ = reads[10**6]
+    assert frame.height == 40 - 3 and bad["source_row"].to_list() == [13, 26, 38]  # lines of rows 11, 22, 33
+    # line numbers count the physical lines: row 7's field spans two, so row 8 is on line 10
+    assert frame.filter(pl.col("oid") == "8")["source_row"].item() == 10
+    assert frame.filter(pl.col("oid") == "7")["cat"].item() == 'two\nlines "quoted"'  # line ends as \n
+    assert reads[5][2] > 20 and reads[37][2] > 5  # really read in many blocks
+    for size, (f, b, _) in reads.items():
+        assert f.equals(frame) and b.equals(bad), size
+
+
 def test_zero_byte_csv_is_refused_but_a_header_only_csv_is_empty(tmp_path):
     with pytest.raises(SourceError, match=r"orders.csv is empty \(0 bytes, no header line\): a failed export\?"):
         _ingest(_orders(tmp_path / "a", b""))
@@ -345,15 +386,14 @@ def test_file_changed_since_listing_is_refused(tmp_path):
 
 def test_file_appended_to_while_being_read_is_refused(tmp_path, monkeypatch):
     cfg = _orders(tmp_path, "1,C1,2025-01-05,5,a@example.com,toys\n")
-    real = readers._read_csv
+    real = readers._csv_chunks
 
     def read_then_producer_appends(path, *args):
-        out = real(path, *args)
+        yield from real(path, *args)
         with open(path, "a") as fh:  # the exporter is still writing the file
             fh.write("2,C1,2025-01-06,5,a@example.com,toys\n")
-        return out
 
-    monkeypatch.setattr(readers, "_read_csv", read_then_producer_appends)
+    monkeypatch.setattr(readers, "_csv_chunks", read_then_producer_appends)
     with pytest.raises(SourceChangedError, match=r"orders.csv changed while being read .*re-run"):
         _ingest(cfg)
     monkeypatch.undo()
@@ -366,10 +406,10 @@ def test_file_appended_to_while_being_read_is_refused(tmp_path, monkeypatch):
 def test_transient_io_errors_stay_oserrors(tmp_path, monkeypatch, code, kind):
     cfg = _orders(tmp_path, "1,C1,2025-01-05,5,a@example.com,toys\n")
 
-    def failing(path, source):
+    def failing(path):
         raise OSError(code, os.strerror(code), path)
 
-    monkeypatch.setattr(readers, "_read_bytes", failing)
+    monkeypatch.setattr(readers, "_open_raw", failing)
     with pytest.raises(OSError if kind is OSError else SourceError, match=r"orders.csv") as err:
         _ingest(cfg)
     assert isinstance(err.value, kind) and not (kind is OSError and isinstance(err.value, SourceError))

@@ -175,6 +175,10 @@ def test_duplicates_across_files_and_event_id_conflicts(tmp_path):
     assert res.stats() == {"rows_read": 3, "rows_kept": 1, "rows_quarantined": 1, "duplicates_removed": 1}
     assert res.events["source_file"].item().endswith("orders_a.csv")
     assert res.quarantine["reason"].item() == "event_id 1 repeats with different content"
+    # valid rows do not carry their source values; the conflict's are read back from its file (emails redacted)
+    assert res.quarantine.select("source_file", "source_row").row(0)[1] == 3
+    assert json.loads(res.quarantine["raw"].item()) == {
+        "oid": "1", "cust": "C1", "when": "2025-01-05 10:00:00", "amt": "6", "email": "<email>", "cat": "toys"}
 
 
 def test_parquet_source_with_typed_naive_timestamps(tmp_path):

@@ -329,7 +329,7 @@ def _step_events(result, step: str) -> list[str]:
 @pytest.mark.parametrize("transient", [OSError(errno.EIO, "Input/output error"),
                                        SourceChangedError("source 'orders': src/orders.csv changed while being read")])
 def test_transient_error_is_retried_and_the_run_succeeds(orders_project, monkeypatch, transient):
-    real, calls = ingest_mod.read_source_file, []
+    real, calls = ingest_mod.read_source_chunks, []
 
     def flaky(*args, **kwargs):
         calls.append(args[0])
@@ -337,7 +337,7 @@ def test_transient_error_is_retried_and_the_run_succeeds(orders_project, monkeyp
             raise transient
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ingest_mod, "read_source_file", flaky)
+    monkeypatch.setattr(ingest_mod, "read_source_chunks", flaky)
     with dg.DagsterInstance.ephemeral() as instance:
         result = _run_job(orders_project, "2025-01-01", only=INGEST_ORDERS, instance=instance)
         logged = [e.dagster_event.event_type.name for e in instance.all_logs(result.run_id) if e.dagster_event]
