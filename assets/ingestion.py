@@ -1,5 +1,7 @@
 """Ingestion assets: one per configured source, partitioned by event month."""
 
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 
@@ -64,9 +66,16 @@ def build_ingestion_asset(config: SegpipeConfig, source: str) -> dg.AssetsDefini
         can_subset=False,
     )
     def _ingest(context: dg.AssetExecutionContext, segpipe: SegpipeResource):
+        # Each month's events are sorted into a local scratch file and streamed into the lake from
+        # there by the IO manager (while this generator is suspended at its yield): a run over many
+        # months never holds them in memory.
+        with tempfile.TemporaryDirectory(prefix=f"segpipe-{source}-") as scratch:
+            yield from _ingest_months(context, segpipe, Path(scratch))
+
+    def _ingest_months(context: dg.AssetExecutionContext, segpipe: SegpipeResource, scratch: Path):
         keys = partitions_of(context)
         try:
-            results = ingest_source(segpipe.config(), source, keys, key=segpipe.key())
+            results = ingest_source(segpipe.config(), source, keys, key=segpipe.key(), out_dir=scratch)
         except SourceChangedError:
             raise  # a file still being written: the retry policy tries again a little later
         except SourceError as exc:
@@ -84,7 +93,7 @@ def build_ingestion_asset(config: SegpipeConfig, source: str) -> dg.AssetsDefini
                     "quarantine_rate": stats["rows_quarantined"] / read,
                     "files_scanned": len(res.files),
                     "files_read": res.files_read,
-                    "preview": preview(res.events.drop("email_hash", "phone_hash")),
+                    "preview": preview(res.events.head(10).drop("email_hash", "phone_hash").lazy().collect()),
                 },
                 asset_key=events_key,
                 partition_key=pk,

@@ -32,8 +32,11 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -71,16 +74,13 @@ class MonthIngest:
     """What ingestion produced for one source and month."""
 
     month: str  # "YYYY-MM-01" partition key
-    events: pl.DataFrame  # INGESTED_SCHEMA, sorted
+    events: pl.DataFrame | pl.LazyFrame  # INGESTED_SCHEMA, sorted; lazy (a Parquet file) with ``out_dir``
     quarantine: pl.DataFrame  # QUARANTINE_SCHEMA, sorted
     rows_read: int
     duplicates: int
+    rows_kept: int  # rows of ``events``
     files: list[str] = field(default_factory=list)  # every file of the source
     files_read: int = 0  # of those, the files read (the others hold no row of the months asked for)
-
-    @property
-    def rows_kept(self) -> int:
-        return self.events.height
 
     @property
     def rows_quarantined(self) -> int:
@@ -324,10 +324,16 @@ def normalize_file(
 
 
 def ingest_source(
-    config: SegpipeConfig, source: str, months: list[str], *, key: bytes
+    config: SegpipeConfig, source: str, months: list[str], *, key: bytes, out_dir: Path | None = None,
 ) -> dict[str, MonthIngest]:
     """Ingest ``source`` for the given partition keys ("YYYY-MM-01"); one pass over its files
     (a second one over the files holding bare numbers when most of the source's times are dates).
+
+    Files are read in blocks and the rows of the months asked for go to Parquet files in a
+    temporary folder, so reading takes the memory of one block. Each month's events are then
+    deduplicated and sorted: into a DataFrame, or with ``out_dir`` streamed into
+    ``{out_dir}/{month}.parquet`` (``events`` is then a LazyFrame over it), so that a run over many
+    months holds none of them in memory.
 
     Raises
     ------
@@ -353,16 +359,18 @@ def ingest_source(
             source=source, separator=cfg.csv_separator, listed=listed[path],
         )
 
-    def read(path: str, epoch_numbers: bool) -> tuple[pl.DataFrame, pl.DataFrame | None, list[str], tuple[int, int]]:
-        """One file, block by block: its rows of the wanted months (with their ``home``), its
-        unparseable lines if they belong to one, every month its rows and lines belong to (for the
-        file index) and its time votes. Only the wanted months' rows stay in memory, and of those
-        the source values (``raw``) only where a row is invalid: memory follows one block and the
-        months asked for, not the file or the source's history."""
-        kept, unplaced, malformed = [], [], []
+    def read(path: str, epoch_numbers: bool, spill: Path) -> tuple[pl.DataFrame | None, list[str], tuple[int, int]]:
+        """One file, block by block. Its rows of the wanted months (with their ``home``) go to
+        Parquet files in ``spill``, without the source values (``raw``) of the valid ones; returned
+        are its unparseable lines if they belong to a wanted month, every month its rows and lines
+        belong to (for the file index) and its time votes. Memory follows one block, not the file
+        nor the months asked for."""
+        shutil.rmtree(spill, ignore_errors=True)  # a second reading replaces the first
+        spill.mkdir(parents=True)
+        unplaced, malformed = [], []
         counts: dict[dt.date, int] = {}
         numbers = dates = 0
-        for raw in chunks(path):
+        for b, raw in enumerate(chunks(path)):
             n, d = time_votes(raw, time_col)
             numbers, dates = numbers + n, dates + d
             norm = normalize_file(raw, source=source, cfg=cfg, event_types=types, first_month=first, key=key,
@@ -373,19 +381,27 @@ def ingest_source(
             )
             for month, n in norm.group_by("home").len().drop_nulls("home").iter_rows():
                 counts[month] = counts.get(month, 0) + n
-            kept.append(norm.filter(pl.col("home").is_in(wanted)))
-            unplaced.append(norm.filter(pl.col("home").is_null()))
+            kept = norm.filter(pl.col("home").is_in(wanted))
+            if kept.height:
+                kept.write_parquet(spill / f"{b:06d}.parquet", compression="lz4", statistics=False)
+            lost = norm.filter(pl.col("home").is_null())
+            if lost.height:  # to disk too: a filtered frame holds on to the whole block's buffers
+                lost.write_parquet(spill / f"unplaced-{b:06d}.parquet")
+                unplaced.append(spill / f"unplaced-{b:06d}.parquet")
             if raw.malformed.height:
                 malformed.append(raw.malformed)
         # A row whose time cannot be placed, and a line that could not even be parsed, belong to
         # the file's dominant month (the earliest of equals; the first month without any).
         home = min(counts, key=lambda m: (-counts[m], m)) if counts else first.date()
-        rest = pl.concat(unplaced).with_columns(home=pl.lit(home, dtype=pl.Date))
-        months = set(counts) | ({home} if rest.height or malformed else set())
+        if unplaced and home in wanted:
+            pl.read_parquet(unplaced).with_columns(home=pl.lit(home, dtype=pl.Date)).write_parquet(
+                spill / "rest.parquet", compression="lz4", statistics=False)
+        for f in unplaced:
+            f.unlink()
+        months = set(counts) | ({home} if unplaced or malformed else set())
         lines = (pl.concat(malformed).with_columns(home=pl.lit(home, dtype=pl.Date))
                  if malformed and home in wanted else None)
-        rows = pl.concat([*kept, rest.filter(pl.col("home").is_in(wanted))])
-        return rows, lines, sorted(m.isoformat() for m in months), (numbers, dates)
+        return lines, sorted(m.isoformat() for m in months), (numbers, dates)
 
     def raw_of(rows: pl.DataFrame) -> pl.DataFrame:
         """``source_file, source_row, raw`` of the given rows, read again from their files: valid
@@ -405,85 +421,97 @@ def ingest_source(
                                  "home": pl.Date})
     index = FileIndex.load(config, source)
     wanted_keys = {m.isoformat() for m in wanted}
-    frames: list[pl.DataFrame] = []
-    malformed_per_file: list[pl.DataFrame | None] = []
-    votes: list[tuple[int, int]] = []
-    read_files: set[str] = set()
-    for path in files:  # bare numbers are provisionally epoch times
-        known = index.get(path, listed[path])
-        if known is not None and not wanted_keys & set(known["months"]):
-            # read before, unchanged since, and none of its rows belongs to the months asked for
-            votes.append(tuple(known["votes"]))
-            frames.append(empty)
-            malformed_per_file.append(None)
-            continue
-        rows, lines, months, file_votes = read(path, True)
-        read_files.add(path)
-        votes.append(file_votes)
-        index.put(path, listed[path], months=months, votes=file_votes)
-        frames.append(rows)
-        malformed_per_file.append(lines)
-    if sum(v[0] for v in votes) < sum(v[1] for v in votes):
-        # Most of the source's times are date strings: its bare numbers are not times after all.
-        # Rare (a mixed source), so only then are the files holding numbers read a second time
-        # (skipped ones too: the index knows their months with bare numbers read as times).
-        for i, path in enumerate(files):
-            if votes[i][0]:
-                read_files.add(path)
-                frames[i], malformed_per_file[i], _, _ = read(path, False)
-    index.save(keep=files)
-    malformed = [m for m in malformed_per_file if m is not None]
-    allrows = pl.concat(frames, how="vertical") if frames else empty
-    bad_lines = (
-        pl.concat(malformed) if malformed
-        else pl.DataFrame(schema={**QUARANTINE_SCHEMA, "home": pl.Date})
-    )
+    with tempfile.TemporaryDirectory(prefix=f"segpipe-ingest-{source}-") as tmp:
+        spills = [Path(tmp) / f"{i:06d}" for i in range(len(files))]
+        malformed_per_file: list[pl.DataFrame | None] = []
+        votes: list[tuple[int, int]] = []
+        read_files: set[str] = set()
+        for path, spill in zip(files, spills):  # bare numbers are provisionally epoch times
+            known = index.get(path, listed[path])
+            if known is not None and not wanted_keys & set(known["months"]):
+                # read before, unchanged since, and none of its rows belongs to the months asked for
+                votes.append(tuple(known["votes"]))
+                malformed_per_file.append(None)
+                continue
+            lines, months, file_votes = read(path, True, spill)
+            read_files.add(path)
+            votes.append(file_votes)
+            index.put(path, listed[path], months=months, votes=file_votes)
+            malformed_per_file.append(lines)
+        if sum(v[0] for v in votes) < sum(v[1] for v in votes):
+            # Most of the source's times are date strings: its bare numbers are not times after all.
+            # Rare (a mixed source), so only then are the files holding numbers read a second time
+            # (skipped ones too: the index knows their months with bare numbers read as times).
+            for i, path in enumerate(files):
+                if votes[i][0]:
+                    read_files.add(path)
+                    malformed_per_file[i], _, _ = read(path, False, spills[i])
+        index.save(keep=files)
+        malformed = [m for m in malformed_per_file if m is not None]
+        bad_lines = (
+            pl.concat(malformed) if malformed
+            else pl.DataFrame(schema={**QUARANTINE_SCHEMA, "home": pl.Date})
+        )
+        parts = sorted(str(f) for f in Path(tmp).glob("*/*.parquet"))
+        allrows = pl.scan_parquet(parts) if parts else empty.lazy()
+        return {m.strftime("%Y-%m-%d"): _month_result(
+            m, allrows.filter(pl.col("home") == m), bad_lines.filter(pl.col("home") == m).drop("home"),
+            raw_of=raw_of, files=files, files_read=len(read_files), out_dir=out_dir) for m in wanted}
 
-    results: dict[str, MonthIngest] = {}
-    for month in wanted:
-        rows = allrows if len(wanted) == 1 else allrows.filter(pl.col("home") == month)
-        lines = bad_lines.filter(pl.col("home") == month).drop("home")
-        valid = rows.lazy().filter(pl.col("reason").is_null())
-        invalid = rows.filter(pl.col("reason").is_not_null())
-        # Only rows whose event_id repeats can be duplicates or conflicts: found by hashing that one
-        # column, so the content of all columns is compared for those few rows alone.
-        repeated = valid.select("event_id").filter(pl.col("event_id").is_duplicated()).unique().collect()
-        parts, conflicts, dups = [valid], invalid.clear(), 0
-        if repeated.height:
-            # Exact duplicates: identical content (wherever it was read from); keep the first read.
-            rep = valid.join(repeated.lazy(), on="event_id", how="semi").collect().sort("source_file", "source_row")
-            kept = rep.unique(subset=_CONTENT_COLUMNS, keep="first", maintain_order=True)
-            dups = rep.height - kept.height
-            # The same event_id with different content is a conflict, not a duplicate: keep the first.
-            conflict = kept.select(pl.int_range(pl.len()).over("event_id") > 0).to_series()
-            conflicts = kept.filter(conflict).with_columns(
-                reason=pl.format("event_id {} repeats with different content", pl.col("event_id"))
-            )
-            parts = [valid.join(repeated.lazy(), on="event_id", how="anti"), kept.filter(~conflict).lazy()]
-        events = pl.concat([p.select(list(INGESTED_SCHEMA)) for p in parts]).sort("event_time", "event_id").collect(engine="in-memory")
+
+def _month_result(month: dt.date, rows: pl.LazyFrame, lines: pl.DataFrame, *, raw_of, files: list[str],
+                  files_read: int, out_dir: Path | None) -> MonthIngest:
+    """One month's events and quarantine from its rows (lazy, spilled to disk) and unparseable lines."""
+    valid = rows.filter(pl.col("reason").is_null())
+    invalid = rows.filter(pl.col("reason").is_not_null()).collect()
+    # Only rows whose event_id repeats can be duplicates or conflicts: found by hashing that one
+    # column, so the content of all columns is compared for those few rows alone.
+    repeated = valid.select("event_id").filter(pl.col("event_id").is_duplicated()).unique().collect()
+    parts, conflicts, dups = [valid], invalid.clear(), 0
+    if repeated.height:
+        # Exact duplicates: identical content (wherever it was read from); keep the first read.
+        rep = valid.join(repeated.lazy(), on="event_id", how="semi").collect().sort("source_file", "source_row")
+        kept = rep.unique(subset=_CONTENT_COLUMNS, keep="first", maintain_order=True)
+        dups = rep.height - kept.height
+        # The same event_id with different content is a conflict, not a duplicate: keep the first.
+        conflict = kept.select(pl.int_range(pl.len()).over("event_id") > 0).to_series()
+        conflicts = kept.filter(conflict).with_columns(
+            reason=pl.format("event_id {} repeats with different content", pl.col("event_id"))
+        )
         if conflicts.height:
             conflicts = conflicts.drop("raw").join(raw_of(conflicts.select("source_file", "source_row")),
                                                    on=["source_file", "source_row"], how="left", maintain_order="left"
                                                    ).select(conflicts.columns)
-        quarantine = pl.concat(
-            [
-                lines,
-                pl.concat([invalid, conflicts]).select(
-                    pl.col("source").cast(QUARANTINE_SCHEMA["source"]), "source_file", "source_row", "reason", "raw"
-                ),
-            ]
-        ).sort("source_file", "source_row")
-        key_str = month.strftime("%Y-%m-%d")
-        results[key_str] = MonthIngest(
-            month=key_str,
-            events=events,
-            quarantine=quarantine,
-            rows_read=rows.height + lines.height,
-            duplicates=dups,
-            files=files,
-            files_read=len(read_files),
-        )
-    return results
+        parts = [valid.join(repeated.lazy(), on="event_id", how="anti"), kept.filter(~conflict).lazy()]
+    events = pl.concat([p.select(list(INGESTED_SCHEMA)) for p in parts]).sort("event_time", "event_id")
+    if out_dir is None:
+        events = events.collect()
+        kept = events.height
+    else:
+        target = Path(out_dir) / f"{month:%Y-%m-%d}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        events.sink_parquet(target, compression="lz4")
+        events = pl.scan_parquet(target)
+        kept = events.select(pl.len()).collect().item()
+    quarantine = pl.concat(
+        [
+            lines,
+            pl.concat([invalid, conflicts]).select(
+                pl.col("source").cast(QUARANTINE_SCHEMA["source"]), "source_file", "source_row", "reason", "raw"
+            ),
+        ]
+    ).sort("source_file", "source_row")
+    key_str = month.strftime("%Y-%m-%d")
+    return MonthIngest(
+        month=key_str,
+        events=events,
+        quarantine=quarantine,
+        rows_read=rows.select(pl.len()).collect().item() + lines.height,  # counted, not derived
+        duplicates=dups,
+        rows_kept=kept,
+        files=files,
+        files_read=files_read,
+    )
 
 
 class FileIndex:

@@ -127,7 +127,7 @@ def test_blocking_accounting_check_stops_downstream(orders_project, monkeypatch)
     def leaky(*args, **kwargs):
         out = real(*args, **kwargs)
         return {k: ingest_mod.MonthIngest(month=v.month, events=v.events.head(1), quarantine=v.quarantine,
-                                          rows_read=v.rows_read, duplicates=v.duplicates, files=v.files)
+                                          rows_read=v.rows_read, duplicates=v.duplicates, rows_kept=1, files=v.files)
                 for k, v in out.items()}
 
     monkeypatch.setattr("assets.ingestion.ingest_source", leaky)
