@@ -1,15 +1,18 @@
 """Identity stitching and the unified behavioral event table."""
 
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from assets.ingestion import ingested_key
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
-from assets.partitions import HISTORY_TO_DATE, monthly_partitions
+from assets.partitions import HISTORY_TO_DATE, PREVIOUS_MONTH, monthly_partitions
 from segpipe.config import SegpipeConfig
 from segpipe.contract import EVENT_SCHEMA, INGESTED_SCHEMA
-from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, build_identity_map, stitch_events
+from segpipe.timeutil import month_key, month_start, next_month
+from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, accumulate_links, build_identity_map, stitch_events
 from segpipe.identity import identity_links as extract_identity_links
 
 
@@ -42,7 +45,53 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         return out
 
     @dg.asset(
-        ins={"links": dg.AssetIn("identity_links", partition_mapping=HISTORY_TO_DATE)},
+        ins={
+            "links": dg.AssetIn("identity_links", partition_mapping=HISTORY_TO_DATE),
+            "previous_graph": dg.AssetIn("identity_graph", partition_mapping=PREVIOUS_MONTH),
+        },
+        partitions_def=monthly,
+        group_name="identity",
+        kinds={"polars", "parquet"},
+        owners=[OWNER],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        metadata={"dagster/column_schema": column_schema(LINK_SCHEMA, {
+            "node": "Identifier with its kind prefix.",
+            "other": "An identifier seen on the same event in this month or before.",
+            "first_seen": "First time the two were seen together.",
+        })},
+    )
+    def identity_graph(context: dg.AssetExecutionContext, links: dict[str, pl.LazyFrame],
+                       previous_graph: dict[str, pl.LazyFrame]):
+        """Every identifier link seen up to the end of the month (distinct, earliest time): the
+        previous month's graph plus the month's links. The first month, or a month whose previous
+        graph was never built, starts from all links to date. Months are streamed through a local
+        scratch folder into the lake: a run over many months holds one at a time."""
+        with tempfile.TemporaryDirectory(prefix="segpipe-identity-graph-") as scratch:
+            out: dict[str, pl.LazyFrame] = {}
+            for pk in partitions_of(context):
+                if pk not in links:
+                    raise FileNotFoundError(f"identity_links has no partition {pk}")
+                prev = month_key(next_month(month_start(pk), -1))
+                if prev in out:
+                    base, start = out[prev], "previous graph"
+                elif prev in previous_graph:
+                    base, start = previous_graph[prev], "previous graph"
+                else:
+                    base = pl.concat([lf for k, lf in links.items() if k < pk] or [pl.LazyFrame(schema=LINK_SCHEMA)])
+                    start = "all links to date"
+                path = Path(scratch) / f"{pk}.parquet"
+                accumulate_links(base, links[pk]).sink_parquet(path, compression="lz4")
+                out[pk] = pl.scan_parquet(path)
+                stats = out[pk].select(pl.len().alias("links"), pl.col("node").n_unique().alias("identifiers")).collect()
+                context.add_asset_metadata(
+                    {"dagster/row_count": stats["links"].item(), "identifiers": stats["identifiers"].item(),
+                     "built_from": start},
+                    partition_key=pk,
+                )
+            yield dg.Output(out)
+
+    @dg.asset(
+        ins={"graph": dg.AssetIn("identity_graph")},
         partitions_def=monthly,
         group_name="identity",
         kinds={"polars", "parquet"},
@@ -54,28 +103,29 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "first_seen": "First time the identifier was seen.",
         })},
     )
-    def identity_map(context: dg.AssetExecutionContext, links: dict[str, pl.LazyFrame]):
+    def identity_map(context: dg.AssetExecutionContext, graph: dict[str, pl.LazyFrame]):
         """Every identifier seen up to the end of the month → one customer_id (the user's own id
-        where a path to it exists, else a stable synthetic 'sp-' id)."""
-        out = {}
-        for pk in partitions_of(context):
-            to_date = [lf for k, lf in links.items() if k <= pk]
-            if pk not in links:
-                raise FileNotFoundError(f"identity_links has no partition {pk}")
-            imap = build_identity_map(pl.concat(to_date))
-            out[pk] = imap
-            customers = imap["customer_id"].n_unique()
-            synthetic = imap.filter(pl.col("hops") < 0)["customer_id"].n_unique()
-            context.add_asset_metadata(
-                {
-                    "dagster/row_count": imap.height,
-                    "customers": customers,
-                    "synthetic_customers": synthetic,
-                    "identifiers_per_customer": imap.height / max(customers, 1),
-                },
-                partition_key=pk,
-            )
-        return out
+        where a path to it exists, else a stable synthetic 'sp-' id), from the month's identity graph."""
+        with tempfile.TemporaryDirectory(prefix="segpipe-identity-map-") as scratch:
+            out: dict[str, pl.LazyFrame] = {}
+            for pk in partitions_of(context):
+                imap = build_identity_map(require(graph, pk, "identity_graph"))
+                customers = imap["customer_id"].n_unique()
+                synthetic = imap.filter(pl.col("hops") < 0)["customer_id"].n_unique()
+                context.add_asset_metadata(
+                    {
+                        "dagster/row_count": imap.height,
+                        "customers": customers,
+                        "synthetic_customers": synthetic,
+                        "identifiers_per_customer": imap.height / max(customers, 1),
+                    },
+                    partition_key=pk,
+                )
+                path = Path(scratch) / f"{pk}.parquet"
+                imap.write_parquet(path, compression="lz4")
+                del imap
+                out[pk] = pl.scan_parquet(path)
+            yield dg.Output(out)
 
     @dg.asset(
         ins={**ins, "identity_map": dg.AssetIn("identity_map")},
@@ -88,32 +138,37 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     )
     def behavioral_events(context: dg.AssetExecutionContext, identity_map: dict[str, pl.LazyFrame], **ingested):
         """All sources' events of the month in the canonical contract, each with its stitched customer_id."""
-        out = {}
-        for pk in partitions_of(context):
-            frames = [require(ingested[f"{s}_ingested"], pk, f"{s}_ingested") for s in sources]
-            ev = (
-                stitch_events(pl.concat(frames), require(identity_map, pk, "identity_map"))
-                .select(list(EVENT_SCHEMA))
-                .collect()
-                .sort("event_time", "source", "event_id")
-            )
-            unmatched = ev["customer_id"].null_count()
-            if unmatched:
-                raise ValueError(f"behavioral_events {pk[:7]}: {unmatched} events have no customer_id after stitching")
-            out[pk] = ev
-            by_source = ev.group_by("source").len().sort("source")
-            context.add_asset_metadata(
-                {
-                    "dagster/row_count": ev.height,
-                    "customers": ev["customer_id"].n_unique(),
-                    **{f"events_{r['source']}": r["len"] for r in by_source.iter_rows(named=True)},
-                    "preview": preview(ev),
-                },
-                partition_key=pk,
-            )
-        return out
+        with tempfile.TemporaryDirectory(prefix="segpipe-behavioral-events-") as scratch:
+            out: dict[str, pl.LazyFrame] = {}
+            for pk in partitions_of(context):
+                frames = [require(ingested[f"{s}_ingested"], pk, f"{s}_ingested") for s in sources]
+                ev = (
+                    stitch_events(pl.concat(frames), require(identity_map, pk, "identity_map"))
+                    .select(list(EVENT_SCHEMA))
+                    .collect()
+                    .sort("event_time", "source", "event_id")
+                )
+                unmatched = ev["customer_id"].null_count()
+                if unmatched:
+                    raise ValueError(f"behavioral_events {pk[:7]}: {unmatched} events have no customer_id after stitching")
+                by_source = ev.group_by("source").len().sort("source")
+                context.add_asset_metadata(
+                    {
+                        "dagster/row_count": ev.height,
+                        "customers": ev["customer_id"].n_unique(),
+                        **{f"events_{r['source']}": r["len"] for r in by_source.iter_rows(named=True)},
+                        "preview": preview(ev),
+                    },
+                    partition_key=pk,
+                )
+                # months go through a local scratch file: a run over many months holds one at a time
+                path = Path(scratch) / f"{pk}.parquet"
+                ev.write_parquet(path, compression="lz4")
+                del ev
+                out[pk] = pl.scan_parquet(path)
+            yield dg.Output(out)
 
-    return [identity_links, identity_map, behavioral_events]
+    return [identity_links, identity_graph, identity_map, behavioral_events]
 
 
 __all__ = ["build_identity_assets", "INGESTED_SCHEMA"]

@@ -112,7 +112,7 @@ def test_graphql_lineage_from_every_source_to_the_report(ui):
     nodes = _nodes(ui)
     parents = {k: {"/".join(d["path"]) for d in n["dependencyKeys"]} for k, n in nodes.items()}
     edges = {(p, k) for k, ps in parents.items() for p in ps}
-    chain = ["identity_links", "identity_map", "behavioral_events", "customer_activity_monthly",
+    chain = ["identity_links", "identity_graph", "identity_map", "behavioral_events", "customer_activity_monthly",
              "customer_features", "segment_membership", "segment_report"]
     for src in SOURCES:
         assert (f"{src}_ingested", "identity_links") in edges, src

@@ -5,7 +5,7 @@ import datetime as dt
 import polars as pl
 
 from segpipe.contract import INGESTED_SCHEMA
-from segpipe.identity import build_identity_map, identity_links, stitch_events
+from segpipe.identity import accumulate_links, build_identity_map, identity_links, stitch_events
 
 
 def _events(rows: list[dict]) -> pl.LazyFrame:
@@ -77,3 +77,21 @@ def test_every_event_gets_a_customer_and_own_ids_win():
     assert by_id["e3"] == "C1"  # anonymous page view before login, stitched
     assert by_id["e8"] == "C1"  # shared cookie logged in as C1: the row's own customer id wins
     assert by_id["e5"] == "C1"  # email engagement
+
+
+def test_the_graph_accumulated_month_by_month_gives_the_map_of_all_links():
+    """identity_graph adds each month's links to the previous month's graph: the same graph (and so
+    the same map) as all links at once, whatever the order, with each link's earliest time."""
+    months = [[e for e in EVENTS if lo <= e["day"] < hi] for lo, hi in ((0, 2), (2, 5), (5, 10))]
+    links = [identity_links(_events([dict(e) for e in m])).collect() for m in months]
+    graph = pl.DataFrame(schema=links[0].schema)
+    for month in links:
+        graph = accumulate_links(graph.lazy(), month.lazy()).collect()
+    every = identity_links(_events([dict(e) for e in EVENTS])).collect()
+    assert graph.equals(every)
+    assert graph.height < sum(m.height for m in links)  # links repeat across months, the graph keeps them once
+    assert build_identity_map(graph.lazy()).equals(build_identity_map(every.lazy()))
+    # a later sighting never moves first_seen
+    again = accumulate_links(graph.lazy(), identity_links(_events([{"day": 20, "source": "orders", "customer_ref": "C1",
+                                                                     "email_hash": "E1"}]))).collect()
+    assert again.equals(graph)

@@ -30,7 +30,7 @@ def test_graph_snapshot_of_the_sample_config():
     keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
     assert keys == sorted([
         *(f"{s}_{kind}" for s in ("orders", "product", "email", "web") for kind in ("ingested", "quarantine")),
-        "identity_links", "identity_map", "behavioral_events",
+        "identity_links", "identity_graph", "identity_map", "behavioral_events",
         "customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features",
         "segment_model", "segment_membership", "segment_profiles", "segment_outcomes",
         "segment_exports", "segment_report",
@@ -64,6 +64,8 @@ def test_graph_snapshot_of_the_sample_config():
     parents = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
                for k in graph.get_all_asset_keys()}
     assert parents["identity_links"] == [f"{s}_ingested" for s in ("email", "orders", "product", "web")]
+    assert parents["identity_graph"] == ["identity_graph", "identity_links"]  # the previous month's graph + links
+    assert parents["identity_map"] == ["identity_graph"]
     assert parents["behavioral_events"] == sorted(["identity_map", *(f"{s}_ingested" for s in ("orders", "product", "email", "web"))])
     assert parents["customer_state"] == ["customer_activity_daily", "customer_activity_monthly", "customer_state",
                                          "identity_map"]
@@ -184,6 +186,29 @@ def test_month_by_month_runs_complete_last_months_outcomes(orders_project):
     assert rfm["customers"].sum() == pl.read_parquet(asset_path(lake, "segment_membership", "2025-01-01")).height
     assert _run(orders_project, "2025-01-01", "2025-02-01").success
     assert pl.read_parquet(asset_path(lake, "segment_outcomes", "2025-02-01")).equals(stepwise)
+
+
+def test_identity_graph_chains_the_months_and_the_map_is_that_of_all_links(orders_project):
+    """February's identity graph is January's plus February's links (not a rescan of all links), and
+    the map built from it is the map of all links to date; without January's graph, February's
+    starts from all links to date and comes out the same."""
+    from segpipe.identity import build_identity_map
+
+    lake = orders_project.parent / "lake"
+    assert _run(orders_project, "2025-01-01").success
+    result = _run(orders_project, "2025-02-01")
+    assert result.success
+    links = pl.concat([pl.read_parquet(asset_path(lake, "identity_links", k)) for k in ("2025-01-01", "2025-02-01")])
+    graph = pl.read_parquet(asset_path(lake, "identity_graph", "2025-02-01"))
+    assert graph.equals(links.group_by("node", "other").agg(pl.col("first_seen").min()).sort("node", "other"))
+    assert pl.read_parquet(asset_path(lake, "identity_map", "2025-02-01")).equals(build_identity_map(links.lazy()))
+    built = [m.metadata["built_from"].value for m in result.asset_materializations_for_node("identity_graph")]
+    assert built == ["previous graph"]
+    asset_path(lake, "identity_graph", "2025-01-01").unlink()
+    again = _run(orders_project, "2025-02-01")
+    assert [m.metadata["built_from"].value for m in again.asset_materializations_for_node("identity_graph")] == \
+        ["all links to date"]
+    assert pl.read_parquet(asset_path(lake, "identity_graph", "2025-02-01")).equals(graph)
 
 
 def test_a_state_written_before_the_running_sums_upgrades_on_the_next_refresh(orders_project):
