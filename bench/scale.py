@@ -23,6 +23,7 @@ Usage::
     .venv/bin/python bench/scale.py --sizes 20000            # a minute or two
     .venv/bin/python bench/scale.py --sizes 200000           # ~25 minutes on 2 cores
     .venv/bin/python bench/scale.py                          # 200k, 1M, 3M (hours; ~50 GB of sample at 3M)
+    .venv/bin/python bench/scale.py --seed-from bench/out/c1000000_m24 --keep   # 1M refreshes on a seeded lake
 
 Both single-month refreshes run after the whole history is in place. Ingestion reads only the raw
 files holding rows of the month (its per-file month index, docs/scale.md), so neither reads the
@@ -159,12 +160,70 @@ def run_size(customers: int, months: int, out: Path, keep: bool, history_chunk: 
     return res
 
 
+#: The pseudonymization key of bench/features.py (a seeded lake's hashes were made with it).
+FEATURES_BENCH_KEY = "segpipe-bench-fixed-pseudonymization-key"
+
+
+def land(base: Path, config: Path, sample: Path, month: str) -> None:
+    """Point every source of ``config`` at a landing folder holding the sample's files of ``month``
+    only (symlinks), as a monthly drop does; ingestion then reads that month's files."""
+    cfg = yaml.safe_load(config.read_text())
+    for name, src in cfg["sources"].items():
+        pattern = Path(src["path"]).name  # e.g. *.csv
+        folder = base / "landing" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        files = [f for f in sorted((sample / name).glob(pattern)) if month[:7] in f.name]
+        if len(files) != 1:
+            raise SystemExit(f"expected one {name} file of {month[:7]} in {sample / name}, found {files}")
+        (folder / files[0].name).symlink_to(files[0].resolve())
+        src["path"] = f"landing/{name}/{pattern}"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def run_seeded(seed: Path, out: Path, keep: bool, parallel: bool) -> dict:
+    """Refreshes of month 1 and month 24 on a lake seeded from a ``bench/features.py --keep`` run
+    (``seed`` = its ``c{N}_m{M}`` folder: sample + a lake of every upstream and feature-store table)
+    instead of a history built through the pipeline (about 1.5 h at 1M customers here). The lake is
+    hard-linked; the sources point at a landing folder with the refreshed month's files only. The
+    month before the last is run first, unmeasured, to put the tables the seed lacks in place
+    (identity_graph, segment model and memberships, drift), as the monthly schedule would have."""
+    manifest = json.loads((seed / "sample" / "manifest.json").read_text())["parameters"]
+    customers, months = manifest["customers"], manifest["months"]
+    base = out / f"c{customers}_m{months}_seeded"
+    shutil.rmtree(base, ignore_errors=True)
+    config = project(base, customers, months)
+    subprocess.run(["cp", "-al", str(seed / "lake"), str(base / "lake")], check=True)
+    (base / "lake" / "upstream.json").unlink(missing_ok=True)
+    env = {**os.environ, "SEGPIPE_CONFIG": str(config), "DAGSTER_HOME": str(base / ".dagster_home"),
+           "SEGPIPE_PSEUDONYMIZATION_KEY": FEATURES_BENCH_KEY}
+    segpipe = str(BIN / "segpipe")
+    keys = month_keys(months)
+    res: dict = {"customers": customers, "months": months, "seeded_from": str(seed)}
+    log(f"{customers:,} customers (seeded lake): warm-up run of {keys[-2][:7]}, not measured")
+    land(base, config, seed / "sample", keys[-2])
+    res["warm_up"] = measured([segpipe, "run", "--from", keys[-2][:7], "--to", keys[-2][:7]], base, env)
+    for label, key in ((f"month_{len(keys)}", keys[-1]), ("month_1", keys[0])):
+        log(f"{customers:,} customers (seeded lake): refresh of {key[:7]} alone")
+        land(base, config, seed / "sample", key)
+        res[label] = measured([segpipe, "run", "--from", key[:7], "--to", key[:7]], base, env)
+        res[label]["steps"] = step_times(base / ".dagster_home")
+    if parallel:
+        land(base, config, seed / "sample", keys[-1])
+        res["parallel"] = bucket_parallelism(base, config, env, keys[-1])
+    for part in ("warm_up", "month_1", f"month_{len(keys)}"):
+        res.get(part, {}).pop("out", None)
+    if not keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return res
+
+
 def report(results: list[dict]) -> str:
     lines = [f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}", ""]
     lines.append("size        stage                     wall s     cpu s   peak RSS MiB")
     for r in results:
         last = f"month_{r['months']}"
-        for part in ("sample", "history", "month_1", last):
+        for part in ("sample", "history", "warm_up", "month_1", last):
             if part in r:
                 p = r[part]
                 lines.append(f"{r['customers']:>10,}  {part:<22} {p['wall']:>9.1f} {p['cpu']:>9.1f} {p['rss_mib']:>14,.0f}")
@@ -198,8 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep each size's sample, lake and instance")
     ap.add_argument("--history-chunk", type=int, default=6, help="months per run of the history (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument("--seed-from", type=Path, action="append", default=[],
+                    help="instead of --sizes: a bench/features.py --keep size folder (e.g. bench/out/c1000000_m24) "
+                         "whose lake seeds the history; repeatable")
+    ap.add_argument("--no-parallel", action="store_true", help="skip the 2-bucket in-process vs multiprocess runs")
     a = ap.parse_args(argv)
-    results = [run_size(int(s), a.months, a.out, a.keep, a.history_chunk) for s in a.sizes.split(",") if s.strip()]
+    if a.seed_from:
+        results = [run_seeded(seed, a.out, a.keep, not a.no_parallel) for seed in a.seed_from]
+    else:
+        results = [run_size(int(s), a.months, a.out, a.keep, a.history_chunk) for s in a.sizes.split(",") if s.strip()]
     text = report(results)
     print(text)
     if a.json:
