@@ -383,7 +383,7 @@ def ingest_source(
                 counts[month] = counts.get(month, 0) + n
             kept = norm.filter(pl.col("home").is_in(wanted))
             if kept.height:
-                kept.write_parquet(spill / f"{b:06d}.parquet", compression="lz4", statistics=False)
+                kept.write_parquet(spill / f"{b:06d}.parquet", compression="lz4")
             lost = norm.filter(pl.col("home").is_null())
             if lost.height:  # to disk too: a filtered frame holds on to the whole block's buffers
                 lost.write_parquet(spill / f"unplaced-{b:06d}.parquet")
@@ -395,7 +395,7 @@ def ingest_source(
         home = min(counts, key=lambda m: (-counts[m], m)) if counts else first.date()
         if unplaced and home in wanted:
             pl.read_parquet(unplaced).with_columns(home=pl.lit(home, dtype=pl.Date)).write_parquet(
-                spill / "rest.parquet", compression="lz4", statistics=False)
+                spill / "rest.parquet", compression="lz4")
         for f in unplaced:
             f.unlink()
         months = set(counts) | ({home} if unplaced or malformed else set())
