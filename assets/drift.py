@@ -102,8 +102,8 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         snapshots: dict[str, pl.DataFrame] = {}
 
         def snapshot(key: str) -> pl.DataFrame:
-            if key not in snapshots:
-                snapshots[key] = features_history[key].collect()
+            if key not in snapshots:  # the watched columns only (and who is anonymous)
+                snapshots[key] = features_history[key].select("identity", *numeric, *categorical).collect()
             return snapshots[key]
 
         for pk in partitions_of(context):
@@ -252,7 +252,9 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         out, statuses, detail = {}, {}, {}
         for pk in partitions_of(context):
             model = _model(segment_model, pk)
-            table = centroid_shift(require(customer_features, pk, "customer_features").collect(), model, cfg)
+            snapshot = require(customer_features, pk, "customer_features").select(  # the model's columns only
+                list(dict.fromkeys(["snapshot_month", "identity", *model.features])))
+            table = centroid_shift(snapshot.collect(), model, cfg)
             out[pk] = table
             statuses[pk] = worst(table["level"].to_list())
             detail[pk] = ", ".join(f"{r['cluster_id']} {r['shift']:.2f}" for r in table.iter_rows(named=True))
