@@ -214,9 +214,11 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             if prev in segment_membership:
                 res = build_outcomes(
                     segment_membership[prev].collect(),
-                    require(customer_activity_monthly, pk, "customer_activity_monthly").collect(),
+                    require(customer_activity_monthly, pk, "customer_activity_monthly").select(
+                        "customer_id", "orders", "activity", "revenue").collect(),
                     churned_after_days=cfg.segments.lifecycle.churned_after_days,
-                    features_next=require(customer_features, pk, "customer_features").collect(),
+                    features_next=require(customer_features, pk, "customer_features").select(  # the columns read
+                        "customer_id", "days_since_last_activity").collect(),
                 )
             else:
                 res = pl.DataFrame(schema=OUTCOME_SCHEMA)
