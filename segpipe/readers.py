@@ -398,20 +398,19 @@ def _jsonl_chunks(path: str, columns: list[str], source: str, size: int) -> Iter
         empty = False
         frame, malformed, keys = _jsonl_block(path, text, line, columns, source)
         any_good |= frame.height > 0
-        if keys is not None:
+        if keys is not None:  # parsed line by line: the keys are known exactly
             found |= keys
             seen |= keys & set(columns)
-        for c in set(columns) - seen:
-            # a key with only null values still counts as present
-            if frame[c].null_count() < frame.height or json.dumps(c) in text:
-                seen.add(c)
+        else:
+            for c in set(columns) - seen:
+                # a key with only null values still counts as present
+                if frame[c].null_count() < frame.height or json.dumps(c) in text:
+                    seen.add(c)
         yield frame, malformed
     if empty:
         yield pl.DataFrame(schema={**{c: pl.String for c in columns}, "source_row": pl.Int64}), _malformed(path, source, [])
     if any_good and not set(columns) <= seen:
-        if not found:
-            found = _jsonl_keys(path, source)
-        _missing_columns(path, source, sorted(found), columns)
+        _missing_columns(path, source, sorted(found | _jsonl_keys(path, source)), columns)
 
 
 def _jsonl_keys(path: str, source: str, limit: int = 1000) -> set[str]:
