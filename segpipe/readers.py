@@ -252,7 +252,7 @@ def _text_blocks(path: str, source: str, size: int, *, csv_quotes: bool = False)
     with _open_raw(path) as fh:
         while True:
             try:
-                data = fh.read(size)
+                data = fh.read(max(size, len(pending)))  # a line longer than a block: read ever more
             except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                 raise SourceError(
                     f"source '{source}': {path} is a corrupt or truncated gzip file ({exc}); re-export it"
