@@ -16,18 +16,25 @@ from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, accumulate_links, build_id
 from segpipe.identity import identity_links as extract_identity_links
 
 
+def _to_scratch(frame: pl.DataFrame, scratch: str, pk: str) -> pl.LazyFrame:
+    """The month's table written to the step's scratch folder and scanned back: the IO manager
+    streams it into the lake, so a run over many months holds one month at a time."""
+    path = Path(scratch) / f"{pk}.parquet"
+    frame.write_parquet(path, compression="lz4")
+    return pl.scan_parquet(path)
+
+
 def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
     monthly = monthly_partitions(config)
     sources = list(config.sources)
     ins = {f"{s}_ingested": dg.AssetIn(ingested_key(s)) for s in sources}
+    common = dict(partitions_def=monthly, kinds={"polars", "parquet"}, owners=[OWNER],
+                  backfill_policy=dg.BackfillPolicy.single_run())
 
     @dg.asset(
         ins=ins,
-        partitions_def=monthly,
         group_name="identity",
-        kinds={"polars", "parquet"},
-        owners=[OWNER],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **common,
         metadata={"dagster/column_schema": column_schema(LINK_SCHEMA, {
             "node": "Identifier with its kind prefix (c: customer id, e: email hash, p: phone hash, u: app user, a: cookie).",
             "other": "An identifier seen on the same event.",
@@ -49,11 +56,8 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "links": dg.AssetIn("identity_links", partition_mapping=HISTORY_TO_DATE),
             "previous_graph": dg.AssetIn("identity_graph", partition_mapping=PREVIOUS_MONTH),
         },
-        partitions_def=monthly,
         group_name="identity",
-        kinds={"polars", "parquet"},
-        owners=[OWNER],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **common,
         metadata={"dagster/column_schema": column_schema(LINK_SCHEMA, {
             "node": "Identifier with its kind prefix.",
             "other": "An identifier seen on the same event in this month or before.",
@@ -92,11 +96,8 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         ins={"graph": dg.AssetIn("identity_graph")},
-        partitions_def=monthly,
         group_name="identity",
-        kinds={"polars", "parquet"},
-        owners=[OWNER],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **common,
         metadata={"dagster/column_schema": column_schema(MAP_SCHEMA, {
             "node": "Identifier with its kind prefix.",
             "hops": "Links from the identifier to the customer id (0: the id itself; -1: synthetic id).",
@@ -121,19 +122,14 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                     },
                     partition_key=pk,
                 )
-                path = Path(scratch) / f"{pk}.parquet"
-                imap.write_parquet(path, compression="lz4")
+                out[pk] = _to_scratch(imap, scratch, pk)
                 del imap
-                out[pk] = pl.scan_parquet(path)
             yield dg.Output(out)
 
     @dg.asset(
         ins={**ins, "identity_map": dg.AssetIn("identity_map")},
-        partitions_def=monthly,
         group_name="events",
-        kinds={"polars", "parquet"},
-        owners=[OWNER],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        **common,
         metadata={"dagster/column_schema": column_schema(EVENT_SCHEMA)},
     )
     def behavioral_events(context: dg.AssetExecutionContext, identity_map: dict[str, pl.LazyFrame], **ingested):
@@ -161,11 +157,8 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                     },
                     partition_key=pk,
                 )
-                # months go through a local scratch file: a run over many months holds one at a time
-                path = Path(scratch) / f"{pk}.parquet"
-                ev.write_parquet(path, compression="lz4")
+                out[pk] = _to_scratch(ev, scratch, pk)
                 del ev
-                out[pk] = pl.scan_parquet(path)
             yield dg.Output(out)
 
     return [identity_links, identity_graph, identity_map, behavioral_events]
