@@ -110,7 +110,7 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         with tempfile.TemporaryDirectory(prefix="segpipe-identity-map-") as scratch:
             out: dict[str, pl.LazyFrame] = {}
             for pk in partitions_of(context):
-                imap = build_identity_map(require(graph, pk, "identity_graph"))
+                imap = build_identity_map(require(graph, pk, "identity_graph"), distinct=True)
                 customers = imap["customer_id"].n_unique()
                 synthetic = imap.filter(pl.col("hops") < 0)["customer_id"].n_unique()
                 context.add_asset_metadata(

@@ -78,7 +78,7 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
         graph.sink_parquet(scratch / "graph.parquet", compression="lz4")
         rows = pl.scan_parquet(scratch / "graph.parquet").select(pl.len()).collect().item()
     elif step == "identity_map":
-        rows = build_identity_map(pl.scan_parquet(scratch / "graph.parquet")).height
+        rows = build_identity_map(pl.scan_parquet(scratch / "graph.parquet"), distinct=True).height
     elif step == "behavioral_events":
         ev = (stitch_events(ingested(), pl.scan_parquet(asset_path(lake, "identity_map", month)))
               .select(list(EVENT_SCHEMA)).collect().sort("event_time", "source", "event_id"))

@@ -63,13 +63,16 @@ def _synthetic_id(label: str) -> str:
     return "sp-" + hashlib.blake2b(label.encode(), digest_size=8).hexdigest()
 
 
-def build_identity_map(links: pl.LazyFrame) -> pl.DataFrame:
+def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.DataFrame:
     """Map every identifier node to a customer id (see the module docstring).
 
     Parameters
     ----------
     links : LazyFrame
         Output of :func:`identity_links`, possibly over many months (duplicates allowed).
+    distinct : bool
+        The links are already distinct with their earliest time (a graph of
+        :func:`accumulate_links`): they are used as they are instead of grouped again.
 
     Returns
     -------
@@ -77,9 +80,8 @@ def build_identity_map(links: pl.LazyFrame) -> pl.DataFrame:
         ``node, customer_id, hops, first_seen`` sorted by node; ``hops`` is 0 for customer ids,
         the number of links to the customer id otherwise, -1 for synthetic ids.
     """
-    edges = (
-        links.group_by("node", "other").agg(pl.col("first_seen").min()).collect()
-    )
+    edges = (links.select(list(LINK_SCHEMA)) if distinct
+             else links.group_by("node", "other").agg(pl.col("first_seen").min())).collect()
     nodes = (
         edges.group_by("node").agg(pl.col("first_seen").min()).sort("node")
     )

@@ -91,6 +91,7 @@ def test_the_graph_accumulated_month_by_month_gives_the_map_of_all_links():
     assert graph.equals(every)
     assert graph.height < sum(m.height for m in links)  # links repeat across months, the graph keeps them once
     assert build_identity_map(graph.lazy()).equals(build_identity_map(every.lazy()))
+    assert build_identity_map(graph.lazy(), distinct=True).equals(build_identity_map(every.lazy()))
     # a later sighting never moves first_seen
     again = accumulate_links(graph.lazy(), identity_links(_events([{"day": 20, "source": "orders", "customer_ref": "C1",
                                                                      "email_hash": "E1"}]))).collect()
