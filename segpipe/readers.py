@@ -302,12 +302,12 @@ def _decode_block(path: str, data: bytes, source: str, offset: int, line: int) -
         ) from None
 
 
-def _lines(text: str) -> list[str]:
-    """A block's lines, without the line ends (``\\n`` or ``\\r\\n``)."""
+def _lines(text: str, *, strip_cr: bool = True) -> list[str]:
+    """A block's lines, without the ``\\n`` line ends (and without a ``\\r`` before them)."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines] if strip_cr else lines
 
 
 def _csv_chunks(path: str, columns: list[str], source: str, sep: str, size: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
@@ -435,9 +435,7 @@ def _jsonl_block(path: str, text: str, first: int, columns: list[str], source: s
                  ) -> tuple[pl.DataFrame, pl.DataFrame, set[str] | None]:
     """Rows and malformed lines of a block of JSON Lines (numbered from ``first``), and the keys
     seen when the lines were parsed one by one (None on the fast path)."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = _lines(text, strip_cr=False)  # a JSON line keeps its CR (JSON reads it as whitespace)
     nonblank = [i for i, ln in enumerate(lines, start=first) if ln.strip()]
     schema = {c: pl.String for c in columns}
     if not nonblank:
