@@ -8,11 +8,12 @@ import polars as pl
 
 from assets.ingestion import ingested_key
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
+from assets.resources import SegpipeResource
 from assets.partitions import HISTORY_TO_DATE, PREVIOUS_MONTH, monthly_partitions
 from segpipe.config import SegpipeConfig
 from segpipe.contract import EVENT_SCHEMA, INGESTED_SCHEMA
 from segpipe.timeutil import month_key, month_start, next_month
-from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, accumulate_links, build_identity_map, stitch_events
+from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, build_identity_map, stitch_month, write_graph
 from segpipe.identity import identity_links as extract_identity_links
 
 
@@ -64,12 +65,13 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "first_seen": "First time the two were seen together.",
         })},
     )
-    def identity_graph(context: dg.AssetExecutionContext, links: dict[str, pl.LazyFrame],
+    def identity_graph(context: dg.AssetExecutionContext, segpipe: SegpipeResource, links: dict[str, pl.LazyFrame],
                        previous_graph: dict[str, pl.LazyFrame]):
         """Every identifier link seen up to the end of the month (distinct, earliest time): the
         previous month's graph plus the month's links. The first month, or a month whose previous
         graph was never built, starts from all links to date. Months are streamed through a local
         scratch folder into the lake: a run over many months holds one at a time."""
+        slice_rows = segpipe.config().scale.slice_rows
         with tempfile.TemporaryDirectory(prefix="segpipe-identity-graph-") as scratch:
             out: dict[str, pl.LazyFrame] = {}
             for pk in partitions_of(context):
@@ -83,9 +85,7 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 else:
                     base = pl.concat([lf for k, lf in links.items() if k < pk] or [pl.LazyFrame(schema=LINK_SCHEMA)])
                     start = "all links to date"
-                path = Path(scratch) / f"{pk}.parquet"
-                accumulate_links(base, links[pk]).sink_parquet(path, compression="lz4")
-                out[pk] = pl.scan_parquet(path)
+                out[pk] = write_graph(base, links[pk], Path(scratch) / pk, slice_rows=slice_rows)
                 stats = out[pk].select(pl.len().alias("links"), pl.col("node").n_unique().alias("identifiers")).collect()
                 context.add_asset_metadata(
                     {"dagster/row_count": stats["links"].item(), "identifiers": stats["identifiers"].item(),
@@ -132,33 +132,32 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         **common,
         metadata={"dagster/column_schema": column_schema(EVENT_SCHEMA)},
     )
-    def behavioral_events(context: dg.AssetExecutionContext, identity_map: dict[str, pl.LazyFrame], **ingested):
+    def behavioral_events(context: dg.AssetExecutionContext, segpipe: SegpipeResource,
+                          identity_map: dict[str, pl.LazyFrame], **ingested):
         """All sources' events of the month in the canonical contract, each with its stitched customer_id."""
+        slice_rows = segpipe.config().scale.slice_rows
         with tempfile.TemporaryDirectory(prefix="segpipe-behavioral-events-") as scratch:
             out: dict[str, pl.LazyFrame] = {}
             for pk in partitions_of(context):
                 frames = [require(ingested[f"{s}_ingested"], pk, f"{s}_ingested") for s in sources]
-                ev = (
-                    stitch_events(pl.concat(frames), require(identity_map, pk, "identity_map"))
-                    .select(list(EVENT_SCHEMA))
-                    .collect()
-                    .sort("event_time", "source", "event_id")
-                )
-                unmatched = ev["customer_id"].null_count()
-                if unmatched:
-                    raise ValueError(f"behavioral_events {pk[:7]}: {unmatched} events have no customer_id after stitching")
-                by_source = ev.group_by("source").len().sort("source")
+                ev = stitch_month(pl.concat(frames), require(identity_map, pk, "identity_map"),
+                                  Path(scratch) / pk, slice_rows=slice_rows)
+                stats = ev.select(pl.len().alias("rows"), pl.col("customer_id").null_count().alias("unmatched"),
+                                  pl.col("customer_id").n_unique().alias("customers")).collect().row(0, named=True)
+                if stats["unmatched"]:
+                    raise ValueError(f"behavioral_events {pk[:7]}: {stats['unmatched']} events have no customer_id "
+                                     "after stitching")
+                by_source = ev.group_by("source").len().sort("source").collect()
                 context.add_asset_metadata(
                     {
-                        "dagster/row_count": ev.height,
-                        "customers": ev["customer_id"].n_unique(),
+                        "dagster/row_count": stats["rows"],
+                        "customers": stats["customers"],
                         **{f"events_{r['source']}": r["len"] for r in by_source.iter_rows(named=True)},
-                        "preview": preview(ev),
+                        "preview": preview(ev.head(10).collect()),
                     },
                     partition_key=pk,
                 )
-                out[pk] = _to_scratch(ev, scratch, pk)
-                del ev
+                out[pk] = ev
             yield dg.Output(out)
 
     return [identity_links, identity_graph, identity_map, behavioral_events]

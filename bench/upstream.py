@@ -51,8 +51,8 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
     import polars as pl
 
     import features as B  # bench/features.py: config of the sample, pseudonymization key
-    from segpipe.contract import EVENT_SCHEMA
-    from segpipe.identity import accumulate_links, build_identity_map, identity_links, stitch_events
+    from segpipe.config import ScaleConfig
+    from segpipe.identity import build_identity_map, identity_links, stitch_month, write_graph
     from segpipe.ingest import ingest_source
     from segpipe.lake import asset_path
 
@@ -74,15 +74,15 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
     elif step == "identity_links":
         rows = identity_links(ingested()).collect().sort("node", "other").height
     elif step == "identity_graph":
-        graph = accumulate_links(pl.scan_parquet(prev_graph), pl.scan_parquet(asset_path(lake, "identity_links", month)))
-        graph.sink_parquet(scratch / "graph.parquet", compression="lz4")
-        rows = pl.scan_parquet(scratch / "graph.parquet").select(pl.len()).collect().item()
+        graph = write_graph(pl.scan_parquet(prev_graph), pl.scan_parquet(asset_path(lake, "identity_links", month)),
+                            scratch / "graph", slice_rows=ScaleConfig().slice_rows)
+        rows = graph.select(pl.len()).collect().item()
     elif step == "identity_map":
-        rows = build_identity_map(pl.scan_parquet(scratch / "graph.parquet"), distinct=True).height
+        rows = build_identity_map(pl.scan_parquet(scratch / "graph" / "*.parquet"), distinct=True).height
     elif step == "behavioral_events":
-        ev = (stitch_events(ingested(), pl.scan_parquet(asset_path(lake, "identity_map", month)))
-              .select(list(EVENT_SCHEMA)).collect().sort("event_time", "source", "event_id"))
-        rows = ev.height
+        ev = stitch_month(ingested(), pl.scan_parquet(asset_path(lake, "identity_map", month)), scratch / "events",
+                          slice_rows=ScaleConfig().slice_rows)
+        rows = ev.select(pl.len()).collect().item()
     elif step == "read product (reference)":
         path = next(p for p in sorted((sample / "product").glob("*")) if month[:7] in p.name)
         if path.suffix == ".jsonl":  # every key as text, as segpipe reads them
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--month", default=None, help="partition key (default: the last month of the lake)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated steps to run (default: all)")
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--scratch", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.size:,} customers, month {month[:7]} ({platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}); "
               f"previous month's graph prepared in {prep:.1f} s", flush=True)
         results = []
-        for step in STEPS:
+        for step in (args.only.split(",") if args.only else STEPS):
             r = _subprocess(args, month, scratch, step)
             results.append(r)
             print(f"  {step:34s} {r['rows']:>12,} rows  wall {r['wall']:7.1f} s  cpu {r['cpu']:7.1f} s  "
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     by = {r["step"]: r for r in results}
+    if args.only:
+        return 0
     pipeline = [r for r in results if "reference" not in r["step"]]
     top = max(pipeline, key=lambda r: r["peak_mib"])
     print(f"largest step: {top['step']} {top['peak_mib']:,.0f} MiB; "

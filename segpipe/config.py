@@ -362,6 +362,11 @@ class ScaleConfig(_Model):
         default=300_000, ge=1_000,
         description="With buckets unset: one bucket of customer_state and customer_features per this many "
                     "customers (rows of the customer state, or of the month's rollup).")
+    slice_rows: int = Field(
+        default=1_000_000, ge=1_000,
+        description="Rows sorted at once when a month's table is written by ingestion, the identity graph "
+                    "and stitching: the month is cut into ranges of its first sort key (event time, or "
+                    "identifier) of about this many rows, sorted one at a time.")
 
 
 class SegpipeConfig(_Model):

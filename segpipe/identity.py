@@ -11,8 +11,12 @@ their own and get a synthetic, stable id ``sp-<hash>`` of the group's earliest i
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import polars as pl
+
+from segpipe.contract import EVENT_SCHEMA
+from segpipe.slices import write_slices
 
 _NODE_COLUMNS = {"customer_ref": "c:", "email_hash": "e:", "phone_hash": "p:", "user_id": "u:", "anonymous_id": "a:"}
 #: Order in which a row's identifiers decide its customer when it carries no customer id.
@@ -46,17 +50,26 @@ def identity_links(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _distinct_links(links: pl.LazyFrame) -> pl.LazyFrame:
+    return links.group_by("node", "other").agg(pl.col("first_seen").min()).sort("node", "other")
+
+
 def accumulate_links(previous: pl.LazyFrame, links: pl.LazyFrame) -> pl.LazyFrame:
     """The identity graph to date: the distinct links of ``previous`` (a graph, or any links) and
     ``links`` (the month's), each with the earliest time seen; sorted. Feeding it to
     :func:`build_identity_map` gives the map of all links at once, at the cost of the distinct links
     instead of every month's."""
-    return (
-        pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))])
-        .group_by("node", "other")
-        .agg(pl.col("first_seen").min())
-        .sort("node", "other")
-    )
+    return _distinct_links(pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))]))
+
+
+def write_graph(previous: pl.LazyFrame, links: pl.LazyFrame, folder: Path, *, slice_rows: int) -> pl.LazyFrame:
+    """:func:`accumulate_links` written to Parquet parts in ``folder``, a range of identifiers at a
+    time (about ``slice_rows`` input links each, :func:`segpipe.slices.write_slices`): memory
+    follows one range, not the graph. Returns a scan of the parts."""
+    both = pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))])
+    rows = both.select(pl.len()).collect().item()
+    return pl.scan_parquet(write_slices(both, folder, key="node", rows=rows, slice_rows=slice_rows,
+                                        arrange=_distinct_links, name="graph"))
 
 
 def _synthetic_id(label: str) -> str:
@@ -80,11 +93,11 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.Dat
         ``node, customer_id, hops, first_seen`` sorted by node; ``hops`` is 0 for customer ids,
         the number of links to the customer id otherwise, -1 for synthetic ids.
     """
+    # The links stay lazy (with ``distinct``, a scan of the graph's files): each pass below streams
+    # them, so the process holds the nodes and labels, not the links (2.3 -> see docs/scale.md).
     edges = (links.select(list(LINK_SCHEMA)) if distinct
-             else links.group_by("node", "other").agg(pl.col("first_seen").min())).collect()
-    nodes = (
-        edges.group_by("node").agg(pl.col("first_seen").min()).sort("node")
-    )
+             else links.group_by("node", "other").agg(pl.col("first_seen").min()).collect().lazy())
+    nodes = edges.group_by("node").agg(pl.col("first_seen").min()).collect().sort("node")
     labels = nodes.filter(pl.col("node").str.starts_with("c:")).select(
         "node", pl.col("node").str.slice(2).alias("customer_id"), pl.lit(0, pl.Int32).alias("hops"),
         pl.col("first_seen").alias("via_time"),
@@ -93,8 +106,9 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.Dat
     frontier = labels
     for hop in range(1, _MAX_HOPS + 1):
         cand = (
-            real_edges.join(frontier.select(pl.col("node").alias("other"), "customer_id"), on="other")
-            .join(labels.select("node"), on="node", how="anti")
+            real_edges.join(frontier.lazy().select(pl.col("node").alias("other"), "customer_id"), on="other")
+            .join(labels.lazy().select("node"), on="node", how="anti")
+            .collect()
             .sort("node", "first_seen", "customer_id")
             .unique("node", keep="first", maintain_order=True)
             .select("node", "customer_id", pl.lit(hop, pl.Int32).alias("hops"), pl.col("first_seen").alias("via_time"))
@@ -107,10 +121,13 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.Dat
     # Groups with no customer id: connected components by min-label propagation.
     rest = nodes.join(labels.select("node"), on="node", how="anti")
     if rest.height:
-        rest_edges = real_edges.join(rest.select("node"), on="node", how="semi")
+        rest_edges = real_edges.join(rest.lazy().select("node"), on="node", how="semi").collect()
         # label = earliest identifier of the group: sortable "time|node" string
         lab = rest.select("node", (pl.col("first_seen").dt.strftime("%Y%m%d%H%M%S%6f") + "|" + pl.col("node")).alias("label"))
-        while True:
+        # An identifier never seen with another keeps its own label: only the linked ones propagate.
+        alone = lab.join(rest_edges.lazy().select("node").unique().collect(), on="node", how="anti")
+        lab = lab.join(alone.select("node"), on="node", how="anti")
+        while lab.height:
             nb = (
                 rest_edges.join(lab.rename({"node": "other", "label": "nl"}), on="other")
                 .group_by("node").agg(pl.col("nl").min())
@@ -122,20 +139,23 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.Dat
             lab = new
             if changed == 0:
                 break
+        lab = pl.concat([lab, alone])
         uniq = lab.select(pl.col("label").unique().sort())
-        uniq = uniq.with_columns(
-            pl.Series("customer_id", [_synthetic_id(v.split("|", 1)[1]) for v in uniq["label"].to_list()])
-        )
+        # hashed 100k at a time: a Python string per label of millions would double the step's peak
+        uniq = uniq.with_columns(pl.concat([
+            pl.Series("customer_id", [_synthetic_id(v.split("|", 1)[1]) for v in part.to_list()], dtype=pl.String)
+            for part in (uniq["label"].slice(i, 100_000) for i in range(0, uniq.height, 100_000))
+        ] or [pl.Series("customer_id", [], dtype=pl.String)]))
         synth = lab.join(uniq, on="label").select(
             "node", "customer_id", pl.lit(-1, pl.Int32).alias("hops"), pl.lit(None, pl.Datetime("us", "UTC")).alias("via_time")
         )
         labels = pl.concat([labels, synth])
-    return (
-        labels.join(nodes, on="node")
-        .select("node", "customer_id", "hops", "first_seen")
-        .sort("node")
-        .cast(MAP_SCHEMA)
-    )
+    # Every node has exactly one label: the labels sorted by node line up with the (sorted) nodes,
+    # which costs less memory than a join of millions of identifiers.
+    labels = labels.select("node", "customer_id", "hops").sort("node")
+    if not labels["node"].equals(nodes["node"]):
+        raise AssertionError("identity map: labels do not cover the nodes one to one")
+    return nodes.select("node", labels["customer_id"], labels["hops"], "first_seen").cast(MAP_SCHEMA)
 
 
 def stitch_events(events: pl.LazyFrame, identity_map: pl.LazyFrame) -> pl.LazyFrame:
@@ -156,6 +176,27 @@ def stitch_events(events: pl.LazyFrame, identity_map: pl.LazyFrame) -> pl.LazyFr
         looked_up.append(f"__cid_{c}")
     out = out.with_columns(customer_id=pl.coalesce("customer_ref", *looked_up))
     return out.drop([c for c in out.collect_schema().names() if c.startswith("__")])
+
+
+EVENT_ORDER = ("event_time", "source", "event_id")
+
+
+def stitch_month(events: pl.LazyFrame, identity_map: pl.LazyFrame, folder: Path, *, slice_rows: int) -> pl.LazyFrame:
+    """A month's events stitched (:func:`stitch_events`) in the canonical contract, sorted by time,
+    source and event id, written to Parquet parts in ``folder``; returns a scan of the parts.
+
+    The join streams into one unsorted file; it is then sorted a range of event times at a time
+    (about ``slice_rows`` events each, :func:`segpipe.slices.write_slices`), so memory follows the
+    identity map and one slice, not the month's events."""
+    folder.mkdir(parents=True, exist_ok=True)
+    joined = folder / "stitched-unsorted.parquet"
+    stitch_events(events, identity_map).select(list(EVENT_SCHEMA)).sink_parquet(joined, compression="lz4")
+    unsorted = pl.scan_parquet(joined)
+    rows = unsorted.select(pl.len()).collect().item()
+    parts = write_slices(unsorted, folder, key="event_time", rows=rows, slice_rows=slice_rows,
+                         arrange=lambda lf: lf.sort(*EVENT_ORDER), name="events")
+    joined.unlink()
+    return pl.scan_parquet(parts)
 
 
 IDENTITY_KINDS = ("customer", "contact", "anonymous")

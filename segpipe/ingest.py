@@ -48,6 +48,7 @@ from segpipe.contract import (
     QUARANTINE_SCHEMA,
 )
 from segpipe.readers import RawFile, list_source_files, read_source_chunks, redact, stat_source_file
+from segpipe.slices import write_slices
 from segpipe.timeutil import month_start
 
 #: Which identifier every row of a source must carry, in order of preference, when the
@@ -331,9 +332,9 @@ def ingest_source(
 
     Files are read in blocks and the rows of the months asked for go to Parquet files in a
     temporary folder, so reading takes the memory of one block. Each month's events are then
-    deduplicated and sorted: into a DataFrame, or with ``out_dir`` streamed into
-    ``{out_dir}/{month}.parquet`` (``events`` is then a LazyFrame over it), so that a run over many
-    months holds none of them in memory.
+    deduplicated and sorted: into a DataFrame, or with ``out_dir`` into Parquet parts in
+    ``{out_dir}/{month}/`` (``events`` is then a LazyFrame over them), sorted a range of event times
+    at a time (``scale.slice_rows`` rows each), so that memory follows one slice, not the month.
 
     Raises
     ------
@@ -456,11 +457,16 @@ def ingest_source(
         allrows = pl.scan_parquet(parts) if parts else empty.lazy()
         return {m.strftime("%Y-%m-%d"): _month_result(
             m, allrows.filter(pl.col("home") == m), bad_lines.filter(pl.col("home") == m).drop("home"),
-            raw_of=raw_of, files=files, files_read=len(read_files), out_dir=out_dir) for m in wanted}
+            raw_of=raw_of, files=files, files_read=len(read_files), out_dir=out_dir,
+            slice_rows=config.scale.slice_rows) for m in wanted}
+
+
+#: Sort order of a source's ingested events.
+INGESTED_ORDER = ("event_time", "event_id")
 
 
 def _month_result(month: dt.date, rows: pl.LazyFrame, lines: pl.DataFrame, *, raw_of, files: list[str],
-                  files_read: int, out_dir: Path | None) -> MonthIngest:
+                  files_read: int, out_dir: Path | None, slice_rows: int) -> MonthIngest:
     """One month's events and quarantine from its rows (lazy, spilled to disk) and unparseable lines."""
     valid = rows.filter(pl.col("reason").is_null())
     invalid = rows.filter(pl.col("reason").is_not_null()).collect()
@@ -483,16 +489,14 @@ def _month_result(month: dt.date, rows: pl.LazyFrame, lines: pl.DataFrame, *, ra
                                                    on=["source_file", "source_row"], how="left", maintain_order="left"
                                                    ).select(conflicts.columns)
         parts = [valid.join(repeated.lazy(), on="event_id", how="anti"), kept.filter(~conflict).lazy()]
-    events = pl.concat([p.select(list(INGESTED_SCHEMA)) for p in parts]).sort("event_time", "event_id")
+    events = pl.concat([p.select(list(INGESTED_SCHEMA)) for p in parts])
     if out_dir is None:
-        events = events.collect()
+        events = events.collect().sort(*INGESTED_ORDER)
         kept = events.height
     else:
-        target = Path(out_dir) / f"{month:%Y-%m-%d}.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        events.sink_parquet(target, compression="lz4")
-        events = pl.scan_parquet(target)
         kept = events.select(pl.len()).collect().item()
+        events = pl.scan_parquet(write_slices(events, Path(out_dir) / f"{month:%Y-%m-%d}", key="event_time", rows=kept,
+                                              slice_rows=slice_rows, arrange=lambda lf: lf.sort(*INGESTED_ORDER)))
     quarantine = pl.concat(
         [
             lines,

@@ -31,16 +31,24 @@ def test_rows_are_accounted_per_month(orders_project):
 
 
 def test_months_streamed_to_files_equal_the_months_in_memory(orders_project, tmp_path):
-    """With ``out_dir`` each month's events are sorted into a Parquet file (what the asset does, so
-    that a run over many months holds none in memory): the same rows, order and accounting."""
+    """With ``out_dir`` each month's events are sorted into Parquet parts, a range of event times
+    at a time (what the asset does, so that memory follows one slice): the same rows, order and
+    accounting, whether the month fits one slice or takes several."""
     in_memory = _ingest(orders_project)
-    streamed = ingest_source(load_config(orders_project), "orders", ["2025-01-01", "2025-02-01"], key=KEY,
-                             out_dir=tmp_path / "scratch")
-    for pk, res in in_memory.items():
-        lazy = streamed[pk]
-        assert isinstance(lazy.events, pl.LazyFrame) and (tmp_path / "scratch" / f"{pk}.parquet").is_file()
-        assert lazy.events.collect().equals(res.events) and lazy.quarantine.equals(res.quarantine)
-        assert lazy.stats() == res.stats() and lazy.balanced
+    config = load_config(orders_project)
+    assert max(r.events.height for r in in_memory.values()) > 2
+    for slice_rows in (1_000_000, 2):
+        cfg = config.model_copy(update={"scale": config.scale.model_copy(update={"slice_rows": slice_rows})})
+        out = tmp_path / f"scratch-{slice_rows}"
+        streamed = ingest_source(cfg, "orders", ["2025-01-01", "2025-02-01"], key=KEY, out_dir=out)
+        for pk, res in in_memory.items():
+            lazy = streamed[pk]
+            parts = sorted((out / pk).glob("*.parquet"))
+            assert isinstance(lazy.events, pl.LazyFrame)
+            several = res.events.height > slice_rows and res.events["event_time"].n_unique() > 1
+            assert len(parts) >= 2 if several else len(parts) == 1, parts
+            assert lazy.events.collect().equals(res.events) and lazy.quarantine.equals(res.quarantine)
+            assert lazy.stats() == res.stats() and lazy.balanced
 
 
 def test_quarantine_names_file_row_and_reason(orders_project):

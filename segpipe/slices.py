@@ -1,0 +1,75 @@
+"""Writing a large sorted table a slice at a time, so that memory follows one slice, not the table.
+
+A month's events are sorted by time first (ingestion, stitching) and the identity graph by its
+node first. Rows are cut into ranges of that first sort key, each range is sorted (or grouped and
+sorted) on its own and written as one Parquet part; the parts read in order are the whole table,
+sorted exactly as one sort of everything would be: every row of a range sorts before every row
+of the next. A scan of the parts is one table to the IO manager, which streams it into the lake.
+
+The ranges' bounds are sample values of the key (rows picked by a hash of the key, so the same
+data always gives the same bounds). Rows sharing one key value always stay in one range, so a
+single value held by more rows than a slice can hold makes that slice larger; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+#: Rows of the sample taken per range to place its bounds.
+_SAMPLE_PER_SLICE = 200
+
+
+def slice_bounds(frame: pl.LazyFrame, key: str, *, rows: int, slices: int) -> list:
+    """At most ``slices - 1`` increasing values of ``key`` that cut ``frame`` (``rows`` rows) into
+    ranges of about equal size, from a deterministic sample of about 200 rows per range."""
+    if slices <= 1 or rows == 0:
+        return []
+    every = max(1, rows // (slices * _SAMPLE_PER_SLICE))
+    sample = (
+        frame.select(key).filter(pl.col(key).is_not_null() & (pl.col(key).hash(seed=17) % every == 0))
+        .collect()
+        .get_column(key)
+        .sort()
+    )
+    if sample.len() == 0:
+        return []
+    picks = [sample[min(sample.len() - 1, (i * sample.len()) // slices)] for i in range(1, slices)]
+    # a bound at the smallest value sampled would open with a range of (almost) nothing
+    return sorted(set(picks) - {sample[0]})
+
+
+def write_slices(
+    frame: pl.LazyFrame,
+    folder: Path,
+    *,
+    key: str,
+    rows: int,
+    slice_rows: int,
+    arrange: Callable[[pl.LazyFrame], pl.LazyFrame],
+    name: str = "part",
+) -> list[Path]:
+    """Write ``frame`` to Parquet parts in ``folder``, one per range of ``key``, each part being
+    ``arrange(rows of the range)`` (which must sort by ``key`` first). ``rows`` is the size of
+    ``frame`` (it sets the number of ranges: one per ``slice_rows`` rows). Returns the parts in
+    order; read together they are ``arrange(frame)``. Null keys go to the first range (they sort
+    first)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = slice_bounds(frame, key, rows=rows, slices=max(1, math.ceil(rows / max(slice_rows, 1))))
+    k = pl.col(key)
+    parts = []
+    for i in range(len(bounds) + 1):
+        cond = None
+        if i > 0:
+            cond = k >= bounds[i - 1]
+        if i < len(bounds):
+            below = k.is_null() | (k < bounds[i]) if i == 0 else k < bounds[i]
+            cond = below if cond is None else cond & below
+        part = frame if cond is None else frame.filter(cond)
+        path = folder / f"{name}-{i:05d}.parquet"
+        arrange(part).sink_parquet(path, compression="lz4")
+        parts.append(path)
+    return parts
