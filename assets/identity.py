@@ -13,8 +13,7 @@ from assets.partitions import HISTORY_TO_DATE, PREVIOUS_MONTH, monthly_partition
 from segpipe.config import SegpipeConfig
 from segpipe.contract import EVENT_SCHEMA, INGESTED_SCHEMA
 from segpipe.timeutil import month_key, month_start, next_month
-from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, build_identity_map, stitch_month, write_graph
-from segpipe.identity import identity_links as extract_identity_links
+from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, build_identity_map, stitch_month, write_graph, write_links
 
 
 def _to_scratch(frame: pl.DataFrame, scratch: str, pk: str) -> pl.LazyFrame:
@@ -42,15 +41,17 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "first_seen": "First time the two were seen together.",
         })},
     )
-    def identity_links(context: dg.AssetExecutionContext, **ingested: dict[str, pl.LazyFrame]):
+    def identity_links(context: dg.AssetExecutionContext, segpipe: SegpipeResource, **ingested: dict[str, pl.LazyFrame]):
         """Identifier pairs seen together on the month's events (emails as keyed hashes)."""
-        out = {}
-        for pk in partitions_of(context):
-            frames = [require(ingested[f"{s}_ingested"], pk, f"{s}_ingested") for s in sources]
-            links = extract_identity_links(pl.concat(frames)).collect().sort("node", "other")
-            out[pk] = links
-            context.add_asset_metadata({"dagster/row_count": links.height}, partition_key=pk)
-        return out
+        slice_rows = segpipe.config().scale.slice_rows
+        with tempfile.TemporaryDirectory(prefix="segpipe-identity-links-") as scratch:
+            out: dict[str, pl.LazyFrame] = {}
+            for pk in partitions_of(context):
+                frames = [require(ingested[f"{s}_ingested"], pk, f"{s}_ingested") for s in sources]
+                out[pk] = write_links(pl.concat(frames), Path(scratch) / pk, slice_rows=slice_rows)
+                context.add_asset_metadata({"dagster/row_count": out[pk].select(pl.len()).collect().item()},
+                                           partition_key=pk)
+            yield dg.Output(out)
 
     @dg.asset(
         ins={

@@ -52,7 +52,7 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
 
     import features as B  # bench/features.py: config of the sample, pseudonymization key
     from segpipe.config import ScaleConfig
-    from segpipe.identity import build_identity_map, identity_links, stitch_month, write_graph
+    from segpipe.identity import build_identity_map, stitch_month, write_graph, write_links
     from segpipe.ingest import ingest_source
     from segpipe.lake import asset_path
 
@@ -72,7 +72,7 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
             raise SystemExit(f"{source}: rows not accounted for: {res.stats()}")
         rows = res.rows_read
     elif step == "identity_links":
-        rows = identity_links(ingested()).collect().sort("node", "other").height
+        rows = write_links(ingested(), scratch / "links", slice_rows=ScaleConfig().slice_rows).select(pl.len()).collect().item()
     elif step == "identity_graph":
         graph = write_graph(pl.scan_parquet(prev_graph), pl.scan_parquet(asset_path(lake, "identity_links", month)),
                             scratch / "graph", slice_rows=ScaleConfig().slice_rows)

@@ -30,24 +30,34 @@ def _node(col: str) -> pl.Expr:
     return pl.when(pl.col(col).is_not_null()).then(pl.lit(_NODE_COLUMNS[col]) + pl.col(col))
 
 
+def _pairs(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Every identifier pair of every event (``node, other, first_seen``), repeats included."""
+    present = [c for c in _NODE_COLUMNS if c in events.collect_schema().names()]
+    nodes = events.select(*[_node(c).alias(c) for c in present], "event_time")
+    pairs = [
+        nodes.select(pl.col(a).alias("node"), pl.col(b).alias("other"), pl.col("event_time").alias("first_seen"))
+        for a in present for b in present
+    ]
+    return pl.concat(pairs).filter(pl.col("node").is_not_null() & pl.col("other").is_not_null())
+
+
 def identity_links(events: pl.LazyFrame) -> pl.LazyFrame:
     """Distinct identifier links of ingested events, both directions, with first time seen.
 
     A row with a single identifier yields a self link, so every identifier is a node.
     """
-    present = [c for c in _NODE_COLUMNS if c in events.collect_schema().names()]
-    nodes = events.select(*[_node(c).alias(c) for c in present], "event_time")
-    pairs = [
-        nodes.select(pl.col(a).alias("node"), pl.col(b).alias("other"), "event_time")
-        for a in present for b in present
-    ]
-    return (
-        pl.concat(pairs)
-        .filter(pl.col("node").is_not_null() & pl.col("other").is_not_null())
-        .group_by("node", "other")
-        .agg(pl.col("event_time").min().alias("first_seen"))
-        .sort("node", "other")
-    )
+    return _distinct_links(_pairs(events))
+
+
+def write_links(events: pl.LazyFrame, folder: Path, *, slice_rows: int) -> pl.LazyFrame:
+    """:func:`identity_links` written to Parquet parts in ``folder``: the events' identifier pairs
+    are computed once and scattered by ranges of identifiers (about ``slice_rows`` pairs each,
+    :func:`segpipe.slices.write_slices`), then each range is grouped and sorted alone. Returns a
+    scan of the parts."""
+    pairs = _pairs(events)
+    rows = pairs.select(pl.len()).collect().item()
+    return pl.scan_parquet(write_slices(pairs, folder, key="node", rows=rows, slice_rows=slice_rows,
+                                        arrange=_distinct_links, name="links", scatter=True))
 
 
 def _distinct_links(links: pl.LazyFrame) -> pl.LazyFrame:

@@ -14,6 +14,7 @@ single value held by more rows than a slice can hold makes that slice larger; no
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,14 +52,23 @@ def write_slices(
     slice_rows: int,
     arrange: Callable[[pl.LazyFrame], pl.LazyFrame],
     name: str = "part",
+    scatter: bool = False,
 ) -> list[Path]:
     """Write ``frame`` to Parquet parts in ``folder``, one per range of ``key``, each part being
     ``arrange(rows of the range)`` (which must sort by ``key`` first). ``rows`` is the size of
     ``frame`` (it sets the number of ranges: one per ``slice_rows`` rows). Returns the parts in
     order; read together they are ``arrange(frame)``. Null keys go to the first range (they sort
-    first)."""
+    first).
+
+    Each range is read with a filter on ``frame``: cheap when ``frame`` scans files sorted (or
+    nearly) by ``key``, whose row groups the filter skips. For a ``frame`` that is costly to compute
+    again (links derived from events), ``scatter`` computes it once, writing its rows to one folder
+    per range with a partitioned ``sink_parquet``, then arranges each range from its folder (it
+    holds a write buffer per range: measured 10-20 % more memory than filters on sorted files)."""
     folder.mkdir(parents=True, exist_ok=True)
     bounds = slice_bounds(frame, key, rows=rows, slices=max(1, math.ceil(rows / max(slice_rows, 1))))
+    if scatter and bounds:
+        return _scattered(frame, folder, key=key, bounds=bounds, arrange=arrange, name=name)
     k = pl.col(key)
     parts = []
     for i in range(len(bounds) + 1):
@@ -72,4 +82,23 @@ def write_slices(
         path = folder / f"{name}-{i:05d}.parquet"
         arrange(part).sink_parquet(path, compression="lz4")
         parts.append(path)
+    return parts
+
+
+def _scattered(frame: pl.LazyFrame, folder: Path, *, key: str, bounds: list,
+               arrange: Callable[[pl.LazyFrame], pl.LazyFrame], name: str) -> list[Path]:
+    scatter = folder / f"{name}-scatter"
+    shutil.rmtree(scatter, ignore_errors=True)
+    k = pl.col(key)
+    where = pl.sum_horizontal([(k >= b).cast(pl.UInt32) for b in bounds]).fill_null(0).alias("__slice")
+    frame.with_columns(where).sink_parquet(pl.PartitionBy(scatter, key="__slice", include_key=False),
+                                           compression="lz4", mkdir=True)
+    empty = frame.clear()
+    parts = [folder / f"{name}-{i:05d}.parquet" for i in range(len(bounds) + 1)]
+    for i, part in enumerate(parts):
+        held = sorted((scatter / f"__slice={i}").glob("*.parquet"))
+        arrange(pl.scan_parquet(held) if held else empty).sink_parquet(part, compression="lz4")
+        for f in held:
+            f.unlink()
+    shutil.rmtree(scatter, ignore_errors=True)
     return parts

@@ -6,7 +6,8 @@ import random
 import polars as pl
 import pytest
 
-from segpipe.identity import LINK_SCHEMA, accumulate_links, build_identity_map, stitch_events, stitch_month, write_graph
+from segpipe.identity import (LINK_SCHEMA, accumulate_links, build_identity_map, identity_links, stitch_events, stitch_month,
+                              write_graph, write_links)
 from segpipe.slices import slice_bounds, write_slices
 
 UTC = dt.timezone.utc
@@ -25,15 +26,17 @@ def _events(n: int, seed: int) -> pl.DataFrame:
     }, schema_overrides={"event_time": pl.Datetime("us", "UTC")})
 
 
+@pytest.mark.parametrize("scatter", [False, True], ids=["filtered", "scattered"])
 @pytest.mark.parametrize("slice_rows", [1, 37, 500, 10_000])
-def test_parts_read_in_order_are_the_sorted_table(tmp_path, slice_rows):
+def test_parts_read_in_order_are_the_sorted_table(tmp_path, slice_rows, scatter):
     frame = _events(2_000, seed=slice_rows)
     src = tmp_path / "in.parquet"
     frame.write_parquet(src)
     order = ["event_time", "source", "event_id", "amount"]
     parts = write_slices(pl.scan_parquet(src), tmp_path / "out", key="event_time", rows=frame.height,
-                         slice_rows=slice_rows, arrange=lambda lf: lf.sort(order))
+                         slice_rows=slice_rows, arrange=lambda lf: lf.sort(order), scatter=scatter)
     got = pl.scan_parquet(parts).collect()
+    assert sorted((tmp_path / "out").iterdir()) == parts  # nothing left beside the parts
     assert got.equals(frame.sort(order))
     sizes = [pl.scan_parquet(p).select(pl.len()).collect().item() for p in parts]
     assert sum(sizes) == frame.height
@@ -83,13 +86,19 @@ def test_graph_in_slices_equals_the_graph_at_once(tmp_path):
         build_identity_map(pl.concat([previous.lazy(), month.lazy()])))
 
 
-def test_stitched_month_in_slices_equals_one_sort(tmp_path):
-    """stitch_month: the streamed join sorted a time range at a time is the stitched month sorted
-    at once, with every event's customer."""
+def test_links_in_slices_equal_the_links_at_once(tmp_path):
+    """write_links scatters the events' identifier pairs by ranges of identifiers, once."""
+    events = _stitch_input(4_000)
+    events.write_parquet(tmp_path / "events.parquet")
+    got = write_links(pl.scan_parquet(tmp_path / "events.parquet"), tmp_path / "links", slice_rows=400)
+    assert len(list((tmp_path / "links").iterdir())) >= 5
+    assert got.collect().equals(identity_links(events.lazy()).collect())
+
+
+def _stitch_input(n: int) -> pl.DataFrame:
     t0 = dt.datetime(2025, 3, 1, tzinfo=UTC)
     rnd = random.Random(5)
-    n = 3_000
-    events = pl.DataFrame({
+    return pl.DataFrame({
         "event_id": [f"e{i:05d}" for i in range(n)],
         "customer_ref": [rnd.choice([None, None, "C1", "C2"]) for _ in range(n)],
         "user_id": [rnd.choice([None, "u1", "u2", "u3"]) for _ in range(n)],
@@ -102,8 +111,14 @@ def test_stitched_month_in_slices_equals_one_sort(tmp_path):
         "detail": [None] * n,
     }, schema_overrides={"event_time": pl.Datetime("us", "UTC"), "amount": pl.Float64, "quantity": pl.Int64,
                          "category": pl.String, "channel": pl.String, "detail": pl.String})
+
+
+def test_stitched_month_in_slices_equals_one_sort(tmp_path):
+    """stitch_month: the streamed join sorted a time range at a time is the stitched month sorted
+    at once, with every event's customer."""
+    n = 3_000
+    events = _stitch_input(n)
     events.write_parquet(tmp_path / "events.parquet")
-    from segpipe.identity import identity_links
 
     imap = build_identity_map(identity_links(events.lazy()))
     imap.write_parquet(tmp_path / "map.parquet")
@@ -113,4 +128,4 @@ def test_stitched_month_in_slices_equals_one_sort(tmp_path):
     assert got.equals(whole.select(got.columns))
     assert got["customer_id"].null_count() == 0 and got.height == n
     parts = sorted((tmp_path / "stitched").glob("*.parquet"))
-    assert len(parts) >= 6 and not (tmp_path / "stitched" / "stitched-unsorted.parquet").exists()
+    assert len(parts) >= 6 and sorted(p.name for p in (tmp_path / "stitched").iterdir()) == [p.name for p in parts]
