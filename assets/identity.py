@@ -105,13 +105,14 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "first_seen": "First time the identifier was seen.",
         })},
     )
-    def identity_map(context: dg.AssetExecutionContext, graph: dict[str, pl.LazyFrame]):
+    def identity_map(context: dg.AssetExecutionContext, segpipe: SegpipeResource, graph: dict[str, pl.LazyFrame]):
         """Every identifier seen up to the end of the month → one customer_id (the user's own id
         where a path to it exists, else a stable synthetic 'sp-' id), from the month's identity graph."""
         with tempfile.TemporaryDirectory(prefix="segpipe-identity-map-") as scratch:
             out: dict[str, pl.LazyFrame] = {}
             for pk in partitions_of(context):
-                imap = build_identity_map(require(graph, pk, "identity_graph"), distinct=True)
+                imap = build_identity_map(require(graph, pk, "identity_graph"), distinct=True,
+                                          slice_rows=segpipe.config().scale.slice_rows)
                 customers = imap["customer_id"].n_unique()
                 synthetic = imap.filter(pl.col("hops") < 0)["customer_id"].n_unique()
                 context.add_asset_metadata(

@@ -78,7 +78,8 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
                             scratch / "graph", slice_rows=ScaleConfig().slice_rows)
         rows = graph.select(pl.len()).collect().item()
     elif step == "identity_map":
-        rows = build_identity_map(pl.scan_parquet(scratch / "graph" / "*.parquet"), distinct=True).height
+        rows = build_identity_map(pl.scan_parquet(scratch / "graph" / "*.parquet"), distinct=True,
+                                  slice_rows=ScaleConfig().slice_rows).height
     elif step == "behavioral_events":
         ev = stitch_month(ingested(), pl.scan_parquet(asset_path(lake, "identity_map", month)), scratch / "events",
                           slice_rows=ScaleConfig().slice_rows)

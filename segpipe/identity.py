@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from segpipe.contract import EVENT_SCHEMA
-from segpipe.slices import write_slices
+from segpipe.slices import in_range, slice_bounds, write_slices
 
 _NODE_COLUMNS = {"customer_ref": "c:", "email_hash": "e:", "phone_hash": "p:", "user_id": "u:", "anonymous_id": "a:"}
 #: Order in which a row's identifiers decide its customer when it carries no customer id.
@@ -86,7 +86,7 @@ def _synthetic_id(label: str) -> str:
     return "sp-" + hashlib.blake2b(label.encode(), digest_size=8).hexdigest()
 
 
-def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.DataFrame:
+def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False, slice_rows: int = 1_000_000) -> pl.DataFrame:
     """Map every identifier node to a customer id (see the module docstring).
 
     Parameters
@@ -96,6 +96,9 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.Dat
     distinct : bool
         The links are already distinct with their earliest time (a graph of
         :func:`accumulate_links`): they are used as they are instead of grouped again.
+    slice_rows : int
+        Links read at once (``scale.slice_rows``): the identifiers are listed and the links turned
+        into integer pairs a range of identifiers at a time.
 
     Returns
     -------
@@ -103,69 +106,87 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False) -> pl.Dat
         ``node, customer_id, hops, first_seen`` sorted by node; ``hops`` is 0 for customer ids,
         the number of links to the customer id otherwise, -1 for synthetic ids.
     """
-    # The links stay lazy (with ``distinct``, a scan of the graph's files): each pass below streams
-    # them, so the process holds the nodes and labels, not the links (2.3 -> see docs/scale.md).
+    # The links stay lazy (with ``distinct``, a scan of the graph's files) and are read twice: for
+    # the identifiers, then as pairs of integers (an identifier's position in the sorted list). The
+    # search works on those integers; identifiers are strings again only at the end.
+    # Both reads go a range of identifiers at a time (the graph is sorted by node, so each range
+    # reads its own row groups): a range's hash tables instead of all identifiers'.
     edges = (links.select(list(LINK_SCHEMA)) if distinct
              else links.group_by("node", "other").agg(pl.col("first_seen").min()).collect().lazy())
-    nodes = edges.group_by("node").agg(pl.col("first_seen").min()).collect().sort("node")
-    labels = nodes.filter(pl.col("node").str.starts_with("c:")).select(
-        "node", pl.col("node").str.slice(2).alias("customer_id"), pl.lit(0, pl.Int32).alias("hops"),
-        pl.col("first_seen").alias("via_time"),
-    )
-    real_edges = edges.filter(pl.col("node") != pl.col("other"))
+    rows = edges.select(pl.len()).collect().item()
+    bounds = slice_bounds(edges, "node", rows=rows, slices=max(1, -(-rows // slice_rows)))
+    ranges = [in_range(pl.col("node"), bounds, k) for k in range(len(bounds) + 1)]
+    nodes = pl.concat([
+        edges.filter(r).group_by("node").agg(pl.col("first_seen").min()).collect().sort("node") for r in ranges
+    ])
+    index = nodes.select("node", pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"))
+    others = index.lazy().select(pl.col("node").alias("other"), pl.col("i").alias("j"))
+    pairs = pl.concat([
+        edges.filter(r & (pl.col("node") != pl.col("other")))
+        .join(index.lazy().filter(r), on="node")
+        .join(others, on="other")
+        .select("i", "j", "first_seen")
+        .collect()
+        for r in ranges
+    ])
+    del index, others
+    # A label is the position of the customer id's own node: node order is customer id order.
+    labels = nodes.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"), pl.col("node").str.starts_with("c:").alias("c")
+                          ).filter("c").select("i", pl.col("i").alias("label"), pl.lit(0, pl.Int32).alias("hops"))
     frontier = labels
     for hop in range(1, _MAX_HOPS + 1):
         cand = (
-            real_edges.join(frontier.lazy().select(pl.col("node").alias("other"), "customer_id"), on="other")
-            .join(labels.lazy().select("node"), on="node", how="anti")
-            .collect()
-            .sort("node", "first_seen", "customer_id")
-            .unique("node", keep="first", maintain_order=True)
-            .select("node", "customer_id", pl.lit(hop, pl.Int32).alias("hops"), pl.col("first_seen").alias("via_time"))
+            pairs.join(frontier.select(pl.col("i").alias("j"), "label"), on="j")
+            .join(labels.select("i"), on="i", how="anti")
+            .sort("i", "first_seen", "label")
+            .unique("i", keep="first", maintain_order=True)
+            .select("i", "label", pl.lit(hop, pl.Int32).alias("hops"))
         )
         if cand.height == 0:
             break
         labels = pl.concat([labels, cand])
         frontier = cand
+    customer_ids = nodes["node"].str.slice(2)
 
-    # Groups with no customer id: connected components by min-label propagation.
-    rest = nodes.join(labels.select("node"), on="node", how="anti")
+    # Groups with no customer id: connected components by min-label propagation, the label being
+    # the group's earliest identifier (first seen, then smallest).
+    rest = (nodes.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("i"), "first_seen")
+            .join(labels.select("i"), on="i", how="anti").sort("first_seen", "i")
+            .select("i", pl.int_range(pl.len(), dtype=pl.UInt32).alias("rank")))
+    synthetic = pl.DataFrame(schema={"i": pl.UInt32, "customer_id": pl.String})
     if rest.height:
-        rest_edges = real_edges.join(rest.lazy().select("node"), on="node", how="semi").collect()
-        # label = earliest identifier of the group: sortable "time|node" string
-        lab = rest.select("node", (pl.col("first_seen").dt.strftime("%Y%m%d%H%M%S%6f") + "|" + pl.col("node")).alias("label"))
-        # An identifier never seen with another keeps its own label: only the linked ones propagate.
-        alone = lab.join(rest_edges.lazy().select("node").unique().collect(), on="node", how="anti")
-        lab = lab.join(alone.select("node"), on="node", how="anti")
+        rest_pairs = pairs.join(rest.select("i"), on="i", how="semi").select("i", "j")
+        lab = rest.join(rest_pairs.select("i").unique(), on="i", how="semi")  # identifiers seen with another
         while lab.height:
             nb = (
-                rest_edges.join(lab.rename({"node": "other", "label": "nl"}), on="other")
-                .group_by("node").agg(pl.col("nl").min())
+                rest_pairs.join(lab.select(pl.col("i").alias("j"), pl.col("rank").alias("nl")), on="j")
+                .group_by("i").agg(pl.col("nl").min())
             )
-            new = lab.join(nb, on="node", how="left").select(
-                "node", pl.min_horizontal("label", "nl").alias("label")
-            )
-            changed = new.join(lab, on="node").filter(pl.col("label") != pl.col("label_right")).height
+            new = lab.join(nb, on="i", how="left").select("i", pl.min_horizontal("rank", "nl").alias("rank"))
+            changed = new.join(lab, on="i").filter(pl.col("rank") != pl.col("rank_right")).height
             lab = new
             if changed == 0:
                 break
-        lab = pl.concat([lab, alone])
-        uniq = lab.select(pl.col("label").unique().sort())
-        # hashed 100k at a time: a Python string per label of millions would double the step's peak
-        uniq = uniq.with_columns(pl.concat([
-            pl.Series("customer_id", [_synthetic_id(v.split("|", 1)[1]) for v in part.to_list()], dtype=pl.String)
-            for part in (uniq["label"].slice(i, 100_000) for i in range(0, uniq.height, 100_000))
-        ] or [pl.Series("customer_id", [], dtype=pl.String)]))
-        synth = lab.join(uniq, on="label").select(
-            "node", "customer_id", pl.lit(-1, pl.Int32).alias("hops"), pl.lit(None, pl.Datetime("us", "UTC")).alias("via_time")
-        )
-        labels = pl.concat([labels, synth])
-    # Every node has exactly one label: the labels sorted by node line up with the (sorted) nodes,
-    # which costs less memory than a join of millions of identifiers.
-    labels = labels.select("node", "customer_id", "hops").sort("node")
-    if not labels["node"].equals(nodes["node"]):
-        raise AssertionError("identity map: labels do not cover the nodes one to one")
-    return nodes.select("node", labels["customer_id"], labels["hops"], "first_seen").cast(MAP_SCHEMA)
+        lab = pl.concat([rest.join(lab.select("i"), on="i", how="anti"), lab])  # the others keep their own
+        # the group's id: a hash of its earliest identifier, 100k at a time
+        uniq = lab.select(pl.col("rank").unique().sort())
+        heads = nodes["node"].gather(rest["i"].gather(uniq["rank"]))  # rest is in rank order
+        ids = pl.concat([
+            pl.Series([_synthetic_id(v) for v in heads.slice(k, 100_000).to_list()], dtype=pl.String)
+            for k in range(0, heads.len(), 100_000)
+        ] or [pl.Series([], dtype=pl.String)])
+        uniq = uniq.with_columns(ids.alias("customer_id"))
+        synthetic = lab.join(uniq, on="rank").select("i", "customer_id")
+    labels = labels.sort("i")
+    synthetic = synthetic.sort("i")
+    out = pl.DataFrame({
+        "i": pl.concat([labels["i"], synthetic["i"]]),
+        "customer_id": pl.concat([customer_ids.gather(labels["label"]), synthetic["customer_id"]]),
+        "hops": pl.concat([labels["hops"], pl.repeat(-1, synthetic.height, dtype=pl.Int32, eager=True)]),
+    }).sort("i")
+    if not out["i"].equals(pl.int_range(nodes.height, dtype=pl.UInt32, eager=True).alias("i")):
+        raise AssertionError("identity map: labels do not cover the identifiers one to one")
+    return nodes.select("node", out["customer_id"], out["hops"], "first_seen").cast(MAP_SCHEMA)
 
 
 def stitch_events(events: pl.LazyFrame, identity_map: pl.LazyFrame) -> pl.LazyFrame:

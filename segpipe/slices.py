@@ -69,20 +69,23 @@ def write_slices(
     bounds = slice_bounds(frame, key, rows=rows, slices=max(1, math.ceil(rows / max(slice_rows, 1))))
     if scatter and bounds:
         return _scattered(frame, folder, key=key, bounds=bounds, arrange=arrange, name=name)
-    k = pl.col(key)
     parts = []
     for i in range(len(bounds) + 1):
-        cond = None
-        if i > 0:
-            cond = k >= bounds[i - 1]
-        if i < len(bounds):
-            below = k.is_null() | (k < bounds[i]) if i == 0 else k < bounds[i]
-            cond = below if cond is None else cond & below
-        part = frame if cond is None else frame.filter(cond)
         path = folder / f"{name}-{i:05d}.parquet"
-        arrange(part).sink_parquet(path, compression="lz4")
+        arrange(frame.filter(in_range(pl.col(key), bounds, i))).sink_parquet(path, compression="lz4")
         parts.append(path)
     return parts
+
+
+def in_range(key: pl.Expr, bounds: list, i: int) -> pl.Expr:
+    """True for the rows of range ``i`` of ``bounds`` (:func:`slice_bounds`): from ``bounds[i-1]``
+    included to ``bounds[i]`` excluded; the first range also holds the nulls."""
+    cond = pl.lit(True)
+    if i > 0:
+        cond = key >= bounds[i - 1]
+    if i < len(bounds):
+        cond = cond & ((key < bounds[i]) | key.is_null() if i == 0 else key < bounds[i])
+    return cond
 
 
 def _scattered(frame: pl.LazyFrame, folder: Path, *, key: str, bounds: list,

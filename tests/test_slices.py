@@ -81,9 +81,12 @@ def test_graph_in_slices_equals_the_graph_at_once(tmp_path):
                          tmp_path / "graph", slice_rows=300)
     assert len(list((tmp_path / "graph").glob("*.parquet"))) >= 5
     assert sliced.collect().equals(whole)
-    # and the map built by streaming over the parts is the map of the links at once
-    assert build_identity_map(sliced, distinct=True).equals(
-        build_identity_map(pl.concat([previous.lazy(), month.lazy()])))
+    # and the map built by streaming over the parts, a range of identifiers at a time, is the map
+    # of the links at once
+    whole_map = build_identity_map(pl.concat([previous.lazy(), month.lazy()]))
+    assert whole_map.filter(pl.col("hops") > 0).height and whole_map.filter(pl.col("hops") < 0).height
+    for slice_rows in (1_000_000, 200, 7):
+        assert build_identity_map(sliced, distinct=True, slice_rows=slice_rows).equals(whole_map)
 
 
 def test_links_in_slices_equal_the_links_at_once(tmp_path):
