@@ -8,8 +8,8 @@ import polars as pl
 
 from assets.ingestion import ingested_key
 from assets.metadata import OWNER, column_schema, partitions_of, preview, require
-from assets.resources import SegpipeResource
 from assets.partitions import HISTORY_TO_DATE, PREVIOUS_MONTH, monthly_partitions
+from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.contract import EVENT_SCHEMA, INGESTED_SCHEMA
 from segpipe.timeutil import month_key, month_start, next_month

@@ -14,6 +14,7 @@ from segpipe.locks import write_partition_file
 from segpipe.schemes import rfm_columns
 from segpipe.segments import (
     MEMBERSHIP_DESCRIPTIONS,
+    MEMBERSHIP_KEYS,
     MEMBERSHIP_SCHEMA,
     OUTCOME_SCHEMA,
     PROFILE_FEATURES,
@@ -171,7 +172,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         cfg = segpipe.config()
         out = {}
         for pk in partitions_of(context):
-            mem = require(segment_membership, pk, "segment_membership").collect()
+            mem = require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect()
             feats = require(customer_features, pk, "customer_features").select(
                 "customer_id", *dict.fromkeys([*PROFILE_FEATURES, "revenue_365d"])).collect()
             out[pk] = prof = build_profiles(mem, feats, cfg.playbook)
@@ -213,7 +214,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             prev = month_key(next_month(month_start(pk), -1))
             if prev in segment_membership:
                 res = build_outcomes(
-                    segment_membership[prev].collect(),
+                    segment_membership[prev].select(MEMBERSHIP_KEYS).collect(),
                     require(customer_activity_monthly, pk, "customer_activity_monthly").select(
                         "customer_id", "orders", "activity", "revenue").collect(),
                     churned_after_days=cfg.segments.lifecycle.churned_after_days,
@@ -243,7 +244,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         ads tool: {lake_dir}/exports/{scheme}/{YYYY-MM-01}.csv."""
         cfg = segpipe.config()
         for pk in partitions_of(context):
-            mem = require(segment_membership, pk, "segment_membership").collect()
+            mem = require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect()
             paths = {}
             for scheme in cfg.segments.exports:
                 path = lake_join(cfg.lake_path, "exports", scheme, f"{pk}.csv")

@@ -25,6 +25,9 @@ MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
     "lifecycle_stage": pl.String(), "lifecycle_reason": pl.String(),
     "cluster_id": pl.String(), "cluster_name": pl.String(), "cluster_reason": pl.String(),
 }
+#: The membership columns every reader of segments needs (not the per-row reasons and scores):
+#: select them before collecting a month, which at millions of customers is most of its size.
+MEMBERSHIP_KEYS: tuple[str, ...] = ("customer_id", "snapshot_month", "identity", *SCHEMES.values())
 MEMBERSHIP_DESCRIPTIONS = {
     "r_score": "Recency score 1-5 (quintiles over buyers; 5 = most recent).",
     "f_score": "Frequency score 1-5.", "m_score": "Monetary score 1-5.",
@@ -142,22 +145,26 @@ def _long(membership: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_profiles(membership: pl.DataFrame, features: pl.DataFrame, playbook: dict[str, str]) -> pl.DataFrame:
-    """Per scheme and segment: size, shares of customers and 365-day revenue, median features, action."""
+    """Per scheme and segment: size, shares of customers and 365-day revenue, median features, action.
+
+    One scheme at a time: the customers' features are joined to one segment column, not to a long
+    table of every scheme (four times the customers)."""
     feats = features.select("customer_id", *PROFILE_FEATURES)
-    long = _long(membership).join(feats, on="customer_id", how="left")
     total_rev = float(features["revenue_365d"].sum() or 0.0)
     n = max(membership.height, 1)
     month = membership["snapshot_month"].first() if membership.height else None
-    prof = (
-        long.group_by("scheme", "segment")
+    prof = pl.concat([
+        membership.select("customer_id", pl.col(col).alias("segment")).join(feats, on="customer_id", how="left")
+        .group_by("segment")
         .agg(pl.len().cast(pl.Int64).alias("customers"), pl.col("revenue_365d").sum().alias("revenue_365d"),
              *[pl.col(c).cast(pl.Float64).median().alias(f"median_{c}") for c in PROFILE_FEATURES])
-        .with_columns(
-            pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
-            (pl.col("customers") / n).alias("share_customers"),
-            (pl.col("revenue_365d") / total_rev if total_rev else pl.lit(0.0)).alias("share_revenue"),
-            pl.col("segment").replace_strict(playbook, default=NO_ACTION, return_dtype=pl.String).alias("playbook_action"),
-        )
+        .with_columns(pl.lit(scheme).alias("scheme"))
+        for scheme, col in SCHEMES.items()
+    ]).with_columns(
+        pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
+        (pl.col("customers") / n).alias("share_customers"),
+        (pl.col("revenue_365d") / total_rev if total_rev else pl.lit(0.0)).alias("share_revenue"),
+        pl.col("segment").replace_strict(playbook, default=NO_ACTION, return_dtype=pl.String).alias("playbook_action"),
     )
     order = {s: i for i, s in enumerate(SCHEMES)}
     return (
