@@ -363,7 +363,7 @@ class ScaleConfig(_Model):
         description="With buckets unset: one bucket of customer_state and customer_features per this many "
                     "customers (rows of the customer state, or of the month's rollup).")
     slice_rows: int = Field(
-        default=1_000_000, ge=1_000,
+        default=500_000, ge=1_000,
         description="Rows sorted at once when a month's table is written by ingestion, the identity graph "
                     "and stitching: the month is cut into ranges of its first sort key (event time, or "
                     "identifier) of about this many rows, sorted one at a time.")

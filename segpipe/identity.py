@@ -86,7 +86,7 @@ def _synthetic_id(label: str) -> str:
     return "sp-" + hashlib.blake2b(label.encode(), digest_size=8).hexdigest()
 
 
-def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False, slice_rows: int = 1_000_000) -> pl.DataFrame:
+def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False, slice_rows: int = 500_000) -> pl.DataFrame:
     """Map every identifier node to a customer id (see the module docstring).
 
     Parameters

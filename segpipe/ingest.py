@@ -472,7 +472,12 @@ def _month_result(month: dt.date, rows: pl.LazyFrame, lines: pl.DataFrame, *, ra
     invalid = rows.filter(pl.col("reason").is_not_null()).collect()
     # Only rows whose event_id repeats can be duplicates or conflicts: found by hashing that one
     # column, so the content of all columns is compared for those few rows alone.
-    repeated = valid.select("event_id").filter(pl.col("event_id").is_duplicated()).unique().collect()
+    # First among 64-bit hashes of the ids (a month of ids as strings would be the step's largest
+    # table), then exactly among the few ids whose hash repeats.
+    h = pl.col("event_id").hash(seed=3)
+    twice = valid.select(h.alias("h")).filter(pl.col("h").is_duplicated()).unique().collect()["h"]
+    repeated = (valid.select("event_id").filter(h.is_in(twice.implode()))
+                .filter(pl.col("event_id").is_duplicated()).unique().collect())
     parts, conflicts, dups = [valid], invalid.clear(), 0
     if repeated.height:
         # Exact duplicates: identical content (wherever it was read from); keep the first read.
