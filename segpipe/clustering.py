@@ -52,6 +52,18 @@ def feature_matrix(features: pl.DataFrame, columns: list[str], fills: dict[str, 
     return np.log1p(features.select(exprs).to_numpy()) if exprs else np.zeros((features.height, 0))
 
 
+def nearest(x: np.ndarray, centers: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each row's nearest center and the (Euclidean) distance to it, ``chunk`` rows at a
+    time: the rows x centers x features differences of millions of rows would take gigabytes."""
+    idx = np.empty(x.shape[0], dtype=np.int64)
+    dist = np.empty(x.shape[0], dtype=np.float64)
+    for start in range(0, x.shape[0], chunk):
+        d = np.linalg.norm(x[start:start + chunk, None, :] - centers[None, :, :], axis=2)
+        idx[start:start + chunk] = d.argmin(axis=1)
+        dist[start:start + chunk] = d[np.arange(d.shape[0]), idx[start:start + chunk]]
+    return idx, dist
+
+
 def choose_k(x: np.ndarray, cfg: ClusteringConfig) -> tuple[int, dict[int, float], np.ndarray]:
     """k in [k_min, k_max] with the best sampled silhouette among ks whose smallest cluster holds
     at least ``min_segment_share`` (cost: one k-means per k on at most ``fit_sample`` rows plus a
@@ -134,10 +146,8 @@ class ClusterModel:
     def assign(self, features: pl.DataFrame, fills: dict[str, float] | None = None) -> tuple[pl.Series, np.ndarray]:
         """Nearest centroid's cluster id per row, and the distance to it (scaled units). ``fills``:
         :func:`null_fills` of the whole snapshot when ``features`` is a part of it (a bucket)."""
-        x = self.scaled(features, fills)
-        d = np.linalg.norm(x[:, None, :] - self.centroids()[None, :, :], axis=2)
-        idx = d.argmin(axis=1)
-        return pl.Series("cluster_id", self.frame["cluster_id"].to_numpy()[idx], dtype=pl.String), d[np.arange(len(idx)), idx]
+        idx, dist = nearest(self.scaled(features, fills), self.centroids())
+        return pl.Series("cluster_id", self.frame["cluster_id"].to_numpy()[idx], dtype=pl.String), dist
 
 
 def fit_cluster_model(
@@ -162,7 +172,7 @@ def fit_cluster_model(
     scale = np.where(scaler.scale_ > 0, scaler.scale_, np.where(std > 0, std, 1.0))
     x = (raw - scaler.center_) / scale
     k, scores, centers = choose_k(x, cfg)
-    labels = np.linalg.norm(x[:, None, :] - centers[None, :, :], axis=2).argmin(axis=1)
+    labels, _ = nearest(x, centers)
     profiles = np.vstack([
         np.expm1(np.median(raw[labels == j], axis=0)) if (labels == j).any() else np.zeros(raw.shape[1])
         for j in range(k)

@@ -212,3 +212,19 @@ def test_k_means_fits_on_a_seeded_sample_and_assigns_everyone():
     assert adjusted_rand_score(ids_full.to_list(), ids_sampled.to_list()) > 0.95
     again = fit_cluster_model(frame, sampled_cfg)
     assert again.frame.drop("fitted_on").equals(sampled.frame.drop("fitted_on"))
+
+
+def test_nearest_center_in_chunks_equals_all_rows_at_once():
+    """clustering.nearest works a chunk of rows at a time (memory): same indices and distances as
+    the full rows x centers x features computation, across chunk edges."""
+    import numpy as np
+
+    from segpipe.clustering import nearest
+
+    rng = np.random.default_rng(4)
+    x, centers = rng.normal(size=(1_001, 5)), rng.normal(size=(7, 5))
+    full = np.linalg.norm(x[:, None, :] - centers[None, :, :], axis=2)
+    for chunk in (1, 64, 1_000, 5_000):
+        idx, dist = nearest(x, centers, chunk=chunk)
+        assert (idx == full.argmin(axis=1)).all()
+        assert np.array_equal(dist, full.min(axis=1))
