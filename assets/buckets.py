@@ -25,6 +25,7 @@ across Polars versions moves customers between buckets but never changes an outp
 
 import inspect
 import math
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import polars as pl
 
 from assets.io_manager import STEP_VALUES, write_frame
 from segpipe.lake import Location, asset_path, is_remote, lake_join, list_files, remove, scan_parquet, write_parquet_atomic
+from segpipe.slices import write_slices
 
 BUCKET_SEED = 0x5E6B1D
 PARTS = "_buckets"
@@ -66,13 +68,15 @@ def part_path(lake_dir: Location, asset: str, run_id: str, partition: str, bucke
     return lake_join(lake_dir, PARTS, asset, run_id, partition, f"b{bucket:04d}-of-{buckets:04d}.parquet")
 
 
-def merge_parts(files: list[Location]) -> pl.LazyFrame:
-    """The parts (each sorted by ``customer_id``, no id in two parts) as one lazy frame sorted by id."""
-    frames = [scan_parquet(f) for f in files]
-    out = frames[0]
-    for frame in frames[1:]:
-        out = out.merge_sorted(frame, key="customer_id")
-    return out
+def merge_parts(files: list[Location], scratch: Path, *, slice_rows: int) -> pl.LazyFrame:
+    """The parts (each sorted by ``customer_id``, no id in two parts) as one lazy frame sorted by
+    id: written to ``scratch`` a range of ids at a time (:func:`segpipe.slices.write_slices`; each
+    range reads its row groups of every part), so memory follows one range. A chain of
+    ``merge_sorted`` held 1.4 GiB for five parts of the 1M snapshot, the ranges 0.7 GiB."""
+    frame = pl.concat([scan_parquet(f) for f in files])
+    rows = frame.select(pl.len()).collect().item()
+    return pl.scan_parquet(write_slices(frame, scratch, key="customer_id", rows=rows, slice_rows=slice_rows,
+                                        arrange=lambda lf: lf.sort("customer_id"), name="merged"))
 
 
 def _rows(frames: Frames) -> int:
@@ -126,15 +130,17 @@ def bucketed_asset(
     @dg.op(name=f"{name}__merge", ins={"parts": dg.In(list)}, required_resource_keys={"segpipe"},
            description=f"Streams the bucket parts of {name} into one file per month, sorted by customer_id.")
     def merge(context: dg.AssetExecutionContext, parts: list):
-        lake = context.resources.segpipe.config().lake_path
+        config = context.resources.segpipe.config()
+        lake = config.lake_path
         used = []
         for pk in sorted(context.partition_keys):
             files = sorted(p[pk] for p in parts)
             used += files
-            merged = merge_parts(files)
-            if finish is not None:
-                merged = finish(context, pk, merged)
-            write_frame(lake, name, pk, merged)
+            with tempfile.TemporaryDirectory(prefix=f"segpipe-{name}-merge-") as scratch:
+                merged = merge_parts(files, Path(scratch), slice_rows=config.scale.slice_rows)
+                if finish is not None:
+                    merged = finish(context, pk, merged)
+                write_frame(lake, name, pk, merged)
             written = scan_parquet(asset_path(lake, name, pk))
             context.add_asset_metadata({"buckets": len(files), **report(pk, written)}, partition_key=pk)
         # only once every month is written: a merge re-executed after a failure finds all its parts

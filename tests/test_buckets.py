@@ -44,12 +44,13 @@ def _run(config: Path, months: list[str]):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same sample through the refresh job with the default (one bucket at this size) and with
-    three buckets: all months in one run, then the last month again on its own."""
+    three buckets (and slices of 1,000 rows in the merges, ingestion, identity and stitching): all
+    months in one run, then the last month again on its own."""
     root = tmp_path_factory.mktemp("buckets")
     sample = root / "sample"
     generate_sample(sample, customers=400, months=len(MONTHS), start=MONTHS[0][:7], seed=11)
     out = {}
-    for name, scale in (("auto", None), ("three", {"buckets": 3}), ("sized", {"bucket_events": 1_000})):
+    for name, scale in (("auto", None), ("three", {"buckets": 3, "slice_rows": 1_000}), ("sized", {"bucket_events": 1_000})):
         config = _project(root / name, sample, scale)
         out[name] = (config.parent / "lake", _run(config, MONTHS), _run(config, MONTHS[-1:]))
     return out
