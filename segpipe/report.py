@@ -283,12 +283,24 @@ def migration_section(prev: pl.DataFrame | None, cur: pl.DataFrame, *, month: st
     one per scheme (``schemes`` as in :func:`membership_long`)."""
     if prev is None:
         return None
-    before = membership_long(prev, schemes, what="previous segment_membership")
-    after = membership_long(cur, schemes, what="current segment_membership")
+    if schemes:  # a wide table: one scheme's column at a time, not a long table of all of them
+        _require(prev, ["customer_id", *schemes.values()], "previous segment_membership")
+        _require(cur, ["customer_id", *schemes.values()], "current segment_membership")
+        present = [s for s, col in schemes.items() if prev.height or cur.height]
+
+        def pair(scheme: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+            one = {scheme: schemes[scheme]}
+            return membership_long(prev, one), membership_long(cur, one)
+    else:
+        before = membership_long(prev, what="previous segment_membership")
+        after = membership_long(cur, what="current segment_membership")
+        present = list(set(before["scheme"].to_list()) | set(after["scheme"].to_list()))
+
+        def pair(scheme: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+            return before.filter(pl.col("scheme") == scheme), after.filter(pl.col("scheme") == scheme)
     charts, tables = [], []
-    present = set(before["scheme"].to_list()) | set(after["scheme"].to_list())
-    for scheme in _scheme_order(list(present), list(schemes or [])):
-        mig = migration_matrix(before.filter(pl.col("scheme") == scheme), after.filter(pl.col("scheme") == scheme))
+    for scheme in _scheme_order(present, list(schemes or [])):
+        mig = migration_matrix(*pair(scheme))
         rows_order = _segment_order(mig["from_segment"].to_list(), last=ENTERED)
         cols_order = _segment_order(mig["to_segment"].to_list(), last=EXITED)
         top = max(mig["customers"].max() or 1, 1)
@@ -615,9 +627,13 @@ def build_segment_report(
         *extra_sections,
     ]
     present = [s for s in sections if s is not None]
-    cur = membership_long(membership_cur, schemes, what="current segment_membership")
-    per_scheme = cur.group_by("scheme").agg(pl.col("segment").n_unique().alias("n"))
-    counts = dict(zip(per_scheme["scheme"].to_list(), per_scheme["n"].to_list()))
+    if schemes:  # segments per scheme, straight from the wide table's columns
+        _require(membership_cur, ["customer_id", *schemes.values()], "current segment_membership")
+        counts = ({s: membership_cur[col].n_unique() for s, col in schemes.items()} if membership_cur.height else {})
+    else:
+        cur = membership_long(membership_cur, what="current segment_membership")
+        per_scheme = cur.group_by("scheme").agg(pl.col("segment").n_unique().alias("n"))
+        counts = dict(zip(per_scheme["scheme"].to_list(), per_scheme["n"].to_list()))
     scheme_names = _scheme_order(list(counts), order)
     customers = membership_cur["customer_id"].n_unique()
     if scheme_names == [DEFAULT_SCHEME] or not scheme_names:
