@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from segpipe.contract import EVENT_SCHEMA
-from segpipe.slices import in_range, slice_bounds, write_slices
+from segpipe.slices import key_ranges, write_slices
 
 _NODE_COLUMNS = {"customer_ref": "c:", "email_hash": "e:", "phone_hash": "p:", "user_id": "u:", "anonymous_id": "a:"}
 #: Order in which a row's identifiers decide its customer when it carries no customer id.
@@ -54,9 +54,7 @@ def write_links(events: pl.LazyFrame, folder: Path, *, slice_rows: int) -> pl.La
     are computed once and scattered by ranges of identifiers (about ``slice_rows`` pairs each,
     :func:`segpipe.slices.write_slices`), then each range is grouped and sorted alone. Returns a
     scan of the parts."""
-    pairs = _pairs(events)
-    rows = pairs.select(pl.len()).collect().item()
-    return pl.scan_parquet(write_slices(pairs, folder, key="node", rows=rows, slice_rows=slice_rows,
+    return pl.scan_parquet(write_slices(_pairs(events), folder, key="node", slice_rows=slice_rows,
                                         arrange=_distinct_links, name="links", scatter=True))
 
 
@@ -77,9 +75,8 @@ def write_graph(previous: pl.LazyFrame, links: pl.LazyFrame, folder: Path, *, sl
     time (about ``slice_rows`` input links each, :func:`segpipe.slices.write_slices`): memory
     follows one range, not the graph. Returns a scan of the parts."""
     both = pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))])
-    rows = both.select(pl.len()).collect().item()
-    return pl.scan_parquet(write_slices(both, folder, key="node", rows=rows, slice_rows=slice_rows,
-                                        arrange=_distinct_links, name="graph"))
+    return pl.scan_parquet(write_slices(both, folder, key="node", slice_rows=slice_rows, arrange=_distinct_links,
+                                        name="graph"))
 
 
 def _synthetic_id(label: str) -> str:
@@ -113,9 +110,7 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False, slice_row
     # reads its own row groups): a range's hash tables instead of all identifiers'.
     edges = (links.select(list(LINK_SCHEMA)) if distinct
              else links.group_by("node", "other").agg(pl.col("first_seen").min()).collect().lazy())
-    rows = edges.select(pl.len()).collect().item()
-    bounds = slice_bounds(edges, "node", rows=rows, slices=max(1, -(-rows // slice_rows)))
-    ranges = [in_range(pl.col("node"), bounds, k) for k in range(len(bounds) + 1)]
+    ranges = key_ranges(edges, "node", slice_rows=slice_rows)
     nodes = pl.concat([
         edges.filter(r).group_by("node").agg(pl.col("first_seen").min()).collect().sort("node") for r in ranges
     ])
@@ -222,9 +217,7 @@ def stitch_month(events: pl.LazyFrame, identity_map: pl.LazyFrame, folder: Path,
     folder.mkdir(parents=True, exist_ok=True)
     joined = folder / "stitched-unsorted.parquet"
     stitch_events(events, identity_map).select(list(EVENT_SCHEMA)).sink_parquet(joined, compression="lz4")
-    unsorted = pl.scan_parquet(joined)
-    rows = unsorted.select(pl.len()).collect().item()
-    parts = write_slices(unsorted, folder, key="event_time", rows=rows, slice_rows=slice_rows,
+    parts = write_slices(pl.scan_parquet(joined), folder, key="event_time", slice_rows=slice_rows,
                          arrange=lambda lf: lf.sort(*EVENT_ORDER), name="events")
     joined.unlink()
     return pl.scan_parquet(parts)

@@ -286,7 +286,7 @@ def migration_section(prev: pl.DataFrame | None, cur: pl.DataFrame, *, month: st
     if schemes:  # a wide table: one scheme's column at a time, not a long table of all of them
         _require(prev, ["customer_id", *schemes.values()], "previous segment_membership")
         _require(cur, ["customer_id", *schemes.values()], "current segment_membership")
-        present = [s for s, col in schemes.items() if prev.height or cur.height]
+        present = list(schemes) if prev.height or cur.height else []
 
         def pair(scheme: str) -> tuple[pl.DataFrame, pl.DataFrame]:
             one = {scheme: schemes[scheme]}

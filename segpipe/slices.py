@@ -48,15 +48,15 @@ def write_slices(
     folder: Path,
     *,
     key: str,
-    rows: int,
     slice_rows: int,
     arrange: Callable[[pl.LazyFrame], pl.LazyFrame],
     name: str = "part",
     scatter: bool = False,
+    rows: int | None = None,
 ) -> list[Path]:
     """Write ``frame`` to Parquet parts in ``folder``, one per range of ``key``, each part being
-    ``arrange(rows of the range)`` (which must sort by ``key`` first). ``rows`` is the size of
-    ``frame`` (it sets the number of ranges: one per ``slice_rows`` rows). Returns the parts in
+    ``arrange(rows of the range)`` (which must sort by ``key`` first), one range per ``slice_rows``
+    rows of ``frame`` (``rows``: its size when known, else counted). Returns the parts in
     order; read together they are ``arrange(frame)``. Null keys go to the first range (they sort
     first).
 
@@ -66,15 +66,31 @@ def write_slices(
     per range with a partitioned ``sink_parquet``, then arranges each range from its folder (it
     holds a write buffer per range: measured 10-20 % more memory than filters on sorted files)."""
     folder.mkdir(parents=True, exist_ok=True)
-    bounds = slice_bounds(frame, key, rows=rows, slices=max(1, math.ceil(rows / max(slice_rows, 1))))
+    bounds = _bounds(frame, key, rows=rows, slice_rows=slice_rows)
     if scatter and bounds:
         return _scattered(frame, folder, key=key, bounds=bounds, arrange=arrange, name=name)
     parts = []
-    for i in range(len(bounds) + 1):
+    for i, keep in enumerate(_ranges(key, bounds)):
         path = folder / f"{name}-{i:05d}.parquet"
-        arrange(frame.filter(in_range(pl.col(key), bounds, i))).sink_parquet(path, compression="lz4")
+        arrange(frame.filter(keep)).sink_parquet(path, compression="lz4")
         parts.append(path)
     return parts
+
+
+def key_ranges(frame: pl.LazyFrame, key: str, *, slice_rows: int, rows: int | None = None) -> list[pl.Expr]:
+    """Filters cutting ``frame`` into ranges of ``key`` of about ``slice_rows`` rows each, in key
+    order (one filter when ``frame`` fits one range); ``rows``: its size when known."""
+    return _ranges(key, _bounds(frame, key, rows=rows, slice_rows=slice_rows))
+
+
+def _bounds(frame: pl.LazyFrame, key: str, *, rows: int | None, slice_rows: int) -> list:
+    if rows is None:
+        rows = frame.select(pl.len()).collect().item()
+    return slice_bounds(frame, key, rows=rows, slices=max(1, math.ceil(rows / max(slice_rows, 1))))
+
+
+def _ranges(key: str, bounds: list) -> list[pl.Expr]:
+    return [in_range(pl.col(key), bounds, i) for i in range(len(bounds) + 1)]
 
 
 def in_range(key: pl.Expr, bounds: list, i: int) -> pl.Expr:
