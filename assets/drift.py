@@ -178,10 +178,11 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         warmup_end = month_key(next_month(config.first_month_start, cfg.warmup_months))
         out, statuses, detail = {}, {}, {}
         for pk in partitions_of(context):
-            cur = require(membership_history, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect()
+            # scans: counted one scheme column at a time, never a whole month in memory
+            cur = require(membership_history, pk, "segment_membership").select(MEMBERSHIP_KEYS)
             pk_prev, pk_ref = _prev_key(pk), _fitted_key(_model(segment_model, pk))
-            prev = membership_history[pk_prev].select(MEMBERSHIP_KEYS).collect() if pk_prev in membership_history else None
-            ref = membership_history[pk_ref].select(MEMBERSHIP_KEYS).collect() if pk_ref in membership_history else None
+            prev = membership_history[pk_prev].select(MEMBERSHIP_KEYS) if pk_prev in membership_history else None
+            ref = membership_history[pk_ref].select(MEMBERSHIP_KEYS) if pk_ref in membership_history else None
             table = segment_shift(cur, prev, ref)
             out[pk] = table
             psi_prev, psi_ref = shift_psi(table, "share_previous"), shift_psi(table, "share_reference")
@@ -215,9 +216,10 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         of customers present in both months who kept their segment."""
         out = {}
         for pk in partitions_of(context):
-            cur = require(membership_history, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect()
+            # scans: the two months joined on ids one scheme column at a time, streaming
+            cur = require(membership_history, pk, "segment_membership").select(MEMBERSHIP_KEYS)
             pk_prev = _prev_key(pk)
-            prev = membership_history[pk_prev].select(MEMBERSHIP_KEYS).collect() if pk_prev in membership_history else None
+            prev = membership_history[pk_prev].select(MEMBERSHIP_KEYS) if pk_prev in membership_history else None
             matrix = migration_matrix(prev, cur)
             out[pk] = matrix
             stays = stay_rates(matrix)

@@ -73,8 +73,9 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             page = build_segment_report(
                 month=pk,
                 profiles_by_month={k: frame for k, frame in history.items() if k <= pk},
-                membership_prev=segment_membership[prev].select(MEMBERSHIP_KEYS).collect() if prev in segment_membership else None,
-                membership_cur=require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect(),
+                # scans: read one scheme column at a time, streaming
+                membership_prev=segment_membership[prev].select(MEMBERSHIP_KEYS) if prev in segment_membership else None,
+                membership_cur=require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS),
                 schemes=SCHEMES,
                 extra_sections=(
                     drift_section(feature_drift[pk].collect() if pk in feature_drift else None, month=pk,

@@ -172,10 +172,9 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         cfg = segpipe.config()
         out = {}
         for pk in partitions_of(context):
-            mem = require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect()
-            feats = require(customer_features, pk, "customer_features").select(
-                "customer_id", *dict.fromkeys([*PROFILE_FEATURES, "revenue_365d"])).collect()
-            out[pk] = prof = build_profiles(mem, feats, cfg.playbook)
+            out[pk] = prof = build_profiles(  # scans: joined in one streaming pass
+                require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS),
+                require(customer_features, pk, "customer_features"), cfg.playbook)
             context.add_asset_metadata(
                 {"dagster/row_count": prof.height,
                  "profiles": preview(prof.select("scheme", "segment", "customers", pl.col("share_customers").round(3),
@@ -213,13 +212,13 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         for pk in partitions_of(context):
             prev = month_key(next_month(month_start(pk), -1))
             if prev in segment_membership:
-                res = build_outcomes(
-                    segment_membership[prev].select(MEMBERSHIP_KEYS).collect(),
+                res = build_outcomes(  # scans: joined and counted in one streaming pass
+                    segment_membership[prev].select(MEMBERSHIP_KEYS),
                     require(customer_activity_monthly, pk, "customer_activity_monthly").select(
-                        "customer_id", "orders", "activity", "revenue").collect(),
+                        "customer_id", "orders", "activity", "revenue"),
                     churned_after_days=cfg.segments.lifecycle.churned_after_days,
-                    features_next=require(customer_features, pk, "customer_features").select(  # the columns read
-                        "customer_id", "days_since_last_activity").collect(),
+                    features_next=require(customer_features, pk, "customer_features").select(
+                        "customer_id", "days_since_last_activity"),
                 )
             else:
                 res = pl.DataFrame(schema=OUTCOME_SCHEMA)

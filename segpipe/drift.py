@@ -27,7 +27,7 @@ import polars as pl
 
 from segpipe.clustering import ClusterModel
 from segpipe.config import DriftConfig
-from segpipe.segments import SCHEMES, clusterable, transitions
+from segpipe.segments import SCHEMES, clusterable, rows_of, snapshot_month_of, transitions
 
 EPS = 1e-4  # share given to an empty bin so that the logarithm stays finite
 OK, WARN, ALERT = "ok", "warn", "alert"
@@ -274,22 +274,27 @@ SEGMENT_SHIFT_DESCRIPTIONS = {
 }
 
 
-def segment_shares(membership: pl.DataFrame) -> pl.DataFrame:
-    """``(scheme, segment, customers, share)`` of every scheme."""
+def segment_shares(membership: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """``(scheme, segment, customers, share)`` of every scheme. A scan is read one scheme column at
+    a time (no ids), so a month of millions of customers is never held whole."""
+    n = rows_of(membership)
     parts = [
-        membership.group_by(pl.col(col).fill_null(MISSING).alias("segment")).agg(pl.len().cast(pl.Int64).alias("customers"))
-        .with_columns(pl.lit(scheme).alias("scheme"), (pl.col("customers") / membership.height).alias("share"))
+        membership.lazy().group_by(pl.col(col).fill_null(MISSING).alias("segment"))
+        .agg(pl.len().cast(pl.Int64).alias("customers")).collect()
+        .with_columns(pl.lit(scheme).alias("scheme"), (pl.col("customers") / n).alias("share"))
         for scheme, col in SCHEMES.items()
     ]
     return pl.concat(parts).select("scheme", "segment", "customers", "share") if parts else pl.DataFrame()
 
 
-def segment_shift(current: pl.DataFrame, previous: pl.DataFrame | None, reference: pl.DataFrame | None) -> pl.DataFrame:
-    """Segment shares now, in the previous month and in the reference month, per scheme."""
+def segment_shift(current: pl.DataFrame | pl.LazyFrame, previous: pl.DataFrame | pl.LazyFrame | None,
+                  reference: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame:
+    """Segment shares now, in the previous month and in the reference month, per scheme (frames or
+    scans of membership months)."""
     now = segment_shares(current)
     out = now
     for name, frame in (("share_previous", previous), ("share_reference", reference)):
-        if frame is None or frame.height == 0:
+        if frame is None or rows_of(frame) == 0:
             out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(name))
             continue
         other = segment_shares(frame).select("scheme", "segment", pl.col("share").alias(name))
@@ -304,7 +309,7 @@ def segment_shift(current: pl.DataFrame, previous: pl.DataFrame | None, referenc
         out.with_columns(
             (pl.col("share") - pl.col("share_previous")).alias("change_previous"),
             (pl.col("share") - pl.col("share_reference")).alias("change_reference"),
-            pl.lit(current["snapshot_month"].first() if current.height else None, dtype=pl.Date).alias("snapshot_month"),
+            pl.lit(snapshot_month_of(current), dtype=pl.Date).alias("snapshot_month"),
             pl.col("scheme").replace_strict(order, return_dtype=pl.Int32).alias("__o"),
         )
         .sort("__o", pl.col("share").neg(), "segment").select(list(SEGMENT_SHIFT_SCHEMA)).cast(SEGMENT_SHIFT_SCHEMA)
@@ -337,9 +342,10 @@ MIGRATION_DESCRIPTIONS = {
 }
 
 
-def migration_matrix(previous: pl.DataFrame | None, current: pl.DataFrame) -> pl.DataFrame:
-    """From-segment x to-segment counts and row shares of every scheme between two months."""
-    month = current["snapshot_month"].first() if current.height else None
+def migration_matrix(previous: pl.DataFrame | pl.LazyFrame | None, current: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """From-segment x to-segment counts and row shares of every scheme between two months (frames
+    or scans: a scan is read as ids and one scheme column at a time)."""
+    month = snapshot_month_of(current)
     prev = previous if previous is not None else current.clear()
     parts = []
     for scheme, col in SCHEMES.items():

@@ -327,39 +327,54 @@ def _category_lists(rows: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
-    """State of the given daily rows alone (one month, or all of history at once)."""
+    """State of the given daily rows alone (one month, or all of history at once).
+
+    The aggregations are masks (``when(cond).then(col)``) aggregated over whole columns, which
+    Polars runs on its grouped fast path; a ``filter`` inside an aggregation runs per group and
+    took twice as long. The daily rows have one row per customer and day."""
     d = daily.sort("customer_id", "day")
     has_order = pl.col("orders") > 0
-    first_order_day = pl.col("day").filter(has_order).min()
+    active = pl.col("activity") > 0
     key = (pl.col("orders") > 0) | (pl.col("feature_uses") > 0)
     expand = (pl.col("invites") > 0) | (pl.col("upgrades") > 0)
+
+    def where(cond: pl.Expr, col: str) -> pl.Expr:
+        return pl.when(cond).then(pl.col(col))
+
     state = d.group_by("customer_id").agg(
         pl.col("first_time").min().alias("first_seen"),
         pl.col("last_time").max().alias("last_seen"),
-        pl.col("day").filter(pl.col("activity") > 0).min().alias("first_active_day"),
-        pl.col("day").filter(pl.col("activity") > 0).max().alias("last_active_day"),
-        pl.col("day").filter(pl.col("activity") > 0).pipe(lambda e: (e.diff().dt.total_days() - 1).max())
-        .fill_null(0).cast(pl.Int64).alias("longest_gap_days"),
-        pl.col("first_time").filter(has_order).min().alias("first_order_time"),
-        pl.col("last_time").filter(has_order).max().alias("last_order_time"),
-        first_order_day.alias("first_order_day"),
-        pl.col("day").filter(has_order).max().alias("last_order_day"),
+        where(active, "day").min().alias("first_active_day"),
+        where(active, "day").max().alias("last_active_day"),
+        where(has_order, "first_time").min().alias("first_order_time"),
+        where(has_order, "last_time").max().alias("last_order_time"),
+        where(has_order, "day").min().alias("first_order_day"),
+        where(has_order, "day").max().alias("last_order_day"),
         pl.col("orders").sum().cast(pl.Int64).alias("orders"),
         has_order.sum().cast(pl.Int64).alias("order_days"),
         money_sum(pl.col("revenue")).alias("revenue"),
-        money_sum(pl.col("revenue").filter(pl.col("day") == first_order_day)).alias("first_day_revenue"),
+        # rows are in day order within a customer: the first order row is the first order day's
+        money_sum(where(has_order, "revenue").drop_nulls().first()).alias("first_day_revenue"),
         pl.col("invites").sum().cast(pl.Int64).alias("invites"),
-        pl.col("first_time").filter(pl.col("signups") > 0).min().alias("signup_time"),
-        pl.col("first_time").filter(key).min().alias("first_key_action_time"),
-        pl.col("first_time").filter(expand).min().alias("first_expansion_time"),
+        where(pl.col("signups") > 0, "first_time").min().alias("signup_time"),
+        where(key, "first_time").min().alias("first_key_action_time"),
+        where(expand, "first_time").min().alias("first_expansion_time"),
         (pl.col("unsubscribes") > 0).any().alias("unsubscribed"),
         *[pl.col(c).sum().cast(pl.Int64).alias(c) for c in _seasonal_columns(spec)],
     )
+    # longest run of days without activity between two active days: consecutive active rows of a customer
+    same = pl.col("customer_id") == pl.col("customer_id").shift(1)
+    gaps = (d.filter(active)
+            .select("customer_id", pl.when(same).then((pl.col("day") - pl.col("day").shift(1)).dt.total_days() - 1)
+                    .alias("gap"))
+            .group_by("customer_id").agg(pl.col("gap").max().alias("longest_gap_days")))
     used = monthly.select("customer_id", pl.col("features_used")).explode("features_used").drop_nulls().group_by(
         "customer_id").agg(pl.col("features_used").unique().sort())
-    return state.join(used, on="customer_id", how="left").with_columns(
-        pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))
-    )
+    cols = list(state.collect_schema().names())
+    return (state.join(gaps, on="customer_id", how="left")
+            .join(used, on="customer_id", how="left")
+            .select(*cols[:5], pl.col("longest_gap_days").fill_null(0).cast(pl.Int64), *cols[5:],
+                    pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
 
 
 def keep_current(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str, spec: FeaturesConfig) -> pl.LazyFrame:

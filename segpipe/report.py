@@ -40,7 +40,7 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-from segpipe.segments import transitions
+from segpipe.segments import rows_of, transitions
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -118,18 +118,20 @@ class Section:
     fold_tables: bool = False
 
 
-def _require(frame: pl.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
+def _require(frame: pl.DataFrame | pl.LazyFrame, columns: Sequence[str], what: str) -> None:
+    have = frame.collect_schema().names()
+    missing = [c for c in columns if c not in have]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {missing}; has {frame.columns}")
+        raise ValueError(f"{what}: missing column(s) {missing}; has {have}")
 
 
-def _label(frame: pl.DataFrame, what: str) -> str:
+def _label(frame: pl.DataFrame | pl.LazyFrame, what: str) -> str:
     """The segment label column of ``frame`` ("segment" or "segment_name")."""
+    have = frame.collect_schema().names()
     for c in _LABELS:
-        if c in frame.columns:
+        if c in have:
             return c
-    raise ValueError(f"{what}: missing column(s) ['segment'] (or 'segment_name'); has {frame.columns}")
+    raise ValueError(f"{what}: missing column(s) ['segment'] (or 'segment_name'); has {have}")
 
 
 def _month(key: str) -> str:
@@ -277,7 +279,7 @@ def segment_sizes_section(profiles_by_month: Mapping[str, pl.DataFrame], *, mont
     )
 
 
-def migration_section(prev: pl.DataFrame | None, cur: pl.DataFrame, *, month: str,
+def migration_section(prev: pl.DataFrame | pl.LazyFrame | None, cur: pl.DataFrame | pl.LazyFrame, *, month: str,
                       prev_month: str | None = None, schemes: Mapping[str, str] | None = None) -> Section | None:
     """Heatmaps of customers moving from last month's segment (rows) to this month's (columns),
     one per scheme (``schemes`` as in :func:`membership_long`)."""
@@ -286,7 +288,7 @@ def migration_section(prev: pl.DataFrame | None, cur: pl.DataFrame, *, month: st
     if schemes:  # a wide table: one scheme's column at a time, not a long table of all of them
         _require(prev, ["customer_id", *schemes.values()], "previous segment_membership")
         _require(cur, ["customer_id", *schemes.values()], "current segment_membership")
-        present = list(schemes) if prev.height or cur.height else []
+        present = list(schemes) if rows_of(prev) or rows_of(cur) else []
 
         def pair(scheme: str) -> tuple[pl.DataFrame, pl.DataFrame]:
             one = {scheme: schemes[scheme]}
@@ -581,8 +583,8 @@ def build_segment_report(
     *,
     month: str,
     profiles_by_month: Mapping[str, pl.DataFrame],
-    membership_prev: pl.DataFrame | None,
-    membership_cur: pl.DataFrame,
+    membership_prev: pl.DataFrame | pl.LazyFrame | None,
+    membership_cur: pl.DataFrame | pl.LazyFrame,
     schemes: Mapping[str, str] | None = None,
     extra_sections: Sequence[Section | None] = (),
     prev_month: str | None = None,
@@ -596,9 +598,10 @@ def build_segment_report(
     profiles_by_month : mapping of month to DataFrame
         ``segment_profiles`` of every month so far (keys as ``month``; later months are ignored).
         Must hold ``month``.
-    membership_prev, membership_cur : DataFrame
+    membership_prev, membership_cur : DataFrame or LazyFrame
         ``segment_membership`` of the previous month (None for the first month: no migration
-        section) and of ``month``.
+        section) and of ``month``. With ``schemes``, they may be scans: the report then reads
+        ids and one scheme column at a time, streaming, instead of holding two months.
     schemes : mapping of scheme to column, optional
         For a wide membership table: the label column of each scheme, in display order.
     extra_sections : sequence of Section
@@ -629,13 +632,14 @@ def build_segment_report(
     present = [s for s in sections if s is not None]
     if schemes:  # segments per scheme, straight from the wide table's columns
         _require(membership_cur, ["customer_id", *schemes.values()], "current segment_membership")
-        counts = ({s: membership_cur[col].n_unique() for s, col in schemes.items()} if membership_cur.height else {})
+        counts = (membership_cur.lazy().select(pl.col(col).n_unique().alias(s) for s, col in schemes.items())
+                  .collect().row(0, named=True) if rows_of(membership_cur) else {})
     else:
         cur = membership_long(membership_cur, what="current segment_membership")
         per_scheme = cur.group_by("scheme").agg(pl.col("segment").n_unique().alias("n"))
         counts = dict(zip(per_scheme["scheme"].to_list(), per_scheme["n"].to_list()))
     scheme_names = _scheme_order(list(counts), order)
-    customers = membership_cur["customer_id"].n_unique()
+    customers = membership_cur.lazy().select(pl.col("customer_id").n_unique()).collect().item()
     if scheme_names == [DEFAULT_SCHEME] or not scheme_names:
         segments = f"{counts.get(DEFAULT_SCHEME, 0)} segments"
     else:

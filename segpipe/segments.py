@@ -12,6 +12,7 @@ import polars as pl
 
 from segpipe.clustering import ANONYMOUS_ID, ANONYMOUS_NAME, ClusterModel
 from segpipe.config import SCHEME_NAMES, ConfigError, SegmentsConfig
+from segpipe.features import cents, money_sum
 from segpipe.schemes import RFM_DIMENSIONS, RfmThresholds, lifecycle_stage, rfm_thresholds, rule_segments, score_rfm
 
 SCHEMES: dict[str, str] = {
@@ -136,32 +137,41 @@ def build_membership(features: pl.DataFrame, model: ClusterModel | None, cfg: Se
     return out.select(list(MEMBERSHIP_SCHEMA)).cast(MEMBERSHIP_SCHEMA).sort("customer_id")
 
 
-def _long(membership: pl.DataFrame) -> pl.DataFrame:
-    """(customer, scheme, segment) rows."""
-    return pl.concat([
-        membership.select("customer_id", pl.lit(scheme).alias("scheme"), pl.col(col).alias("segment"))
-        for scheme, col in SCHEMES.items()
-    ])
+def segment_rows(membership: pl.DataFrame | pl.LazyFrame, *others: pl.LazyFrame,
+                 extra: tuple[pl.Expr, ...] = ()) -> pl.DataFrame:
+    """One row per member: every scheme's segment column, the ``extra`` expressions of the membership,
+    and the columns of ``others`` (left-joined on ``customer_id``), without the ids.
+
+    The readers of segments count and summarise these rows per scheme column. With scans, the joins
+    run in one streaming pass, and what is kept in memory is one narrow row per customer instead of
+    the membership month, the joined frames and a long table of every scheme (four times the
+    customers)."""
+    rows = membership.lazy().select("customer_id", *extra, *SCHEMES.values())
+    for other in others:
+        rows = rows.join(other, on="customer_id", how="left")
+    return rows.drop("customer_id").collect()
 
 
-def build_profiles(membership: pl.DataFrame, features: pl.DataFrame, playbook: dict[str, str]) -> pl.DataFrame:
+def _per_scheme(rows: pl.DataFrame, aggs: list[pl.Expr]) -> pl.DataFrame:
+    """``aggs`` per ``(scheme, segment)`` of :func:`segment_rows`, one scheme column at a time."""
+    return pl.concat([rows.group_by(pl.col(col).alias("segment")).agg(pl.len().cast(pl.Int64).alias("customers"), *aggs)
+                      .with_columns(pl.lit(scheme).alias("scheme")) for scheme, col in SCHEMES.items()])
+
+
+def build_profiles(membership: pl.DataFrame | pl.LazyFrame, features: pl.DataFrame | pl.LazyFrame,
+                   playbook: dict[str, str]) -> pl.DataFrame:
     """Per scheme and segment: size, shares of customers and 365-day revenue, median features, action.
 
-    One scheme at a time: the customers' features are joined to one segment column, not to a long
-    table of every scheme (four times the customers)."""
-    feats = features.select("customer_id", *PROFILE_FEATURES)
-    total_rev = float(features["revenue_365d"].sum() or 0.0)
-    n = max(membership.height, 1)
-    month = membership["snapshot_month"].first() if membership.height else None
-    prof = pl.concat([
-        membership.select("customer_id", pl.col(col).alias("segment")).join(feats, on="customer_id", how="left")
-        .group_by("segment")
-        .agg(pl.len().cast(pl.Int64).alias("customers"), pl.col("revenue_365d").sum().alias("revenue_365d"),
-             *[pl.col(c).cast(pl.Float64).median().alias(f"median_{c}") for c in PROFILE_FEATURES])
-        .with_columns(pl.lit(scheme).alias("scheme"))
-        for scheme, col in SCHEMES.items()
-    ]).with_columns(
-        pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
+    Frames may be lazy (scans); see :func:`segment_rows`. Revenue is summed in whole cents, so the
+    shares do not depend on the order of the rows."""
+    features = features.lazy()
+    total_rev = float(features.select(money_sum(pl.col("revenue_365d"))).collect().item() or 0.0)
+    rows = segment_rows(membership, features.select("customer_id", *PROFILE_FEATURES))
+    n = max(rows.height, 1)
+    prof = _per_scheme(rows, [money_sum(pl.col("revenue_365d")).alias("revenue_365d"),
+                              *[pl.col(c).cast(pl.Float64).median().alias(f"median_{c}") for c in PROFILE_FEATURES]])
+    prof = prof.with_columns(
+        pl.lit(snapshot_month_of(membership), dtype=pl.Date).alias("snapshot_month"),
         (pl.col("customers") / n).alias("share_customers"),
         (pl.col("revenue_365d") / total_rev if total_rev else pl.lit(0.0)).alias("share_revenue"),
         pl.col("segment").replace_strict(playbook, default=NO_ACTION, return_dtype=pl.String).alias("playbook_action"),
@@ -174,49 +184,47 @@ def build_profiles(membership: pl.DataFrame, features: pl.DataFrame, playbook: d
     )
 
 
-def build_outcomes(membership: pl.DataFrame, next_month: pl.DataFrame | None, *, churned_after_days: int,
-                   features_next: pl.DataFrame | None = None) -> pl.DataFrame:
+def build_outcomes(membership: pl.DataFrame | pl.LazyFrame, next_month: pl.DataFrame | pl.LazyFrame | None, *,
+                   churned_after_days: int, features_next: pl.DataFrame | pl.LazyFrame | None = None) -> pl.DataFrame:
     """What the customers of each segment at M did in M+1, and the lift against all known customers.
 
     ``next_month`` is the monthly activity rollup of M+1 (customer_id, orders, revenue, activity);
     ``features_next`` (optional) gives ``days_since_last_activity`` at the end of M+1 for churn.
-    Returns no rows when M+1 has not been built yet.
+    Returns no rows when M+1 has not been built yet. Frames may be lazy (scans); see
+    :func:`segment_rows`. Revenue is summed in whole cents, so the means do not depend on the order
+    of the rows.
     """
     if next_month is None:
         return pl.DataFrame(schema=OUTCOME_SCHEMA)
-    nxt = next_month.select("customer_id", (pl.col("orders") > 0).alias("ordered"),
-                            (pl.col("activity") > 0).alias("active"), pl.col("revenue"))
-    long = _long(membership).join(nxt, on="customer_id", how="left").with_columns(
-        pl.col("ordered", "active").fill_null(False), pl.col("revenue").fill_null(0.0))
-    if features_next is not None:
-        churn = features_next.select("customer_id", (pl.col("days_since_last_activity") >= churned_after_days).alias("churned"))
-        long = long.join(churn, on="customer_id", how="left").with_columns(pl.col("churned").fill_null(False))
-    else:
-        long = long.with_columns(pl.lit(None, pl.Boolean).alias("churned"))
+    nxt = next_month.lazy().select("customer_id", (pl.col("orders") > 0).alias("ordered"),
+                                   (pl.col("activity") > 0).alias("active"), cents(pl.col("revenue")).alias("cents"))
+    # only the churned customers are joined (the others are False): a smaller table to hash
+    churn = [] if features_next is None else [features_next.lazy().select(
+        "customer_id", (pl.col("days_since_last_activity") >= churned_after_days).alias("churned")).filter("churned")]
+    rows = segment_rows(membership, nxt, *churn, extra=((pl.col("identity") != "anonymous").alias("known"),))
+    rows = rows.with_columns(pl.col("ordered", "active").fill_null(False), pl.col("cents").fill_null(0),
+                             pl.col("churned").fill_null(False) if churn else pl.lit(None, pl.Boolean).alias("churned"))
+    means = [pl.col("ordered").mean().alias("ordered_next"), pl.col("active").mean().alias("active_next"),
+             (pl.col("cents").sum() / 100 / pl.len()).alias("revenue_next_per_customer"),
+             pl.col("churned").cast(pl.Float64).mean().alias("churned_next")]
     # Lift is measured against the addressable customers (anonymous cookies are not a population
     # anyone can act on, and their near-zero activity would flatter every segment).
-    known = membership.filter(pl.col("identity") != "anonymous").select("customer_id")
-    pop = long.filter(pl.col("scheme") == "rfm").join(known, on="customer_id", how="semi")
-    base = {
-        "ordered": float(pop["ordered"].mean() or 0.0), "active": float(pop["active"].mean() or 0.0),
-        "revenue": float(pop["revenue"].mean() or 0.0),
-    }
+    known = rows.filter("known")
+    base = known.select(means).row(0, named=True) if known.height else {}
 
-    def lift(col: str, key: str) -> pl.Expr:
-        return (pl.col(col) / base[key]) if base[key] else pl.lit(None, pl.Float64)
+    def lift(col: str) -> pl.Expr:
+        return (pl.col(col) / base[col]) if base.get(col) else pl.lit(None, pl.Float64)
 
+    month = snapshot_month_of(membership)
     order = {s: i for i, s in enumerate(SCHEMES)}
     return (
-        long.group_by("scheme", "segment")
-        .agg(pl.len().cast(pl.Int64).alias("customers"), pl.col("ordered").mean().alias("ordered_next"),
-             pl.col("active").mean().alias("active_next"), pl.col("revenue").mean().alias("revenue_next_per_customer"),
-             pl.col("churned").cast(pl.Float64).mean().alias("churned_next"))
+        _per_scheme(rows, means)
         .with_columns(
-            pl.lit(membership["snapshot_month"].first(), dtype=pl.Date).alias("snapshot_month"),
-            pl.lit(membership["snapshot_month"].first(), dtype=pl.Date).dt.offset_by("1mo").alias("outcome_month"),
-            lift("ordered_next", "ordered").alias("ordered_lift"),
-            lift("active_next", "active").alias("active_lift"),
-            lift("revenue_next_per_customer", "revenue").alias("revenue_lift"),
+            pl.lit(month, dtype=pl.Date).alias("snapshot_month"),
+            pl.lit(month, dtype=pl.Date).dt.offset_by("1mo").alias("outcome_month"),
+            lift("ordered_next").alias("ordered_lift"),
+            lift("active_next").alias("active_lift"),
+            lift("revenue_next_per_customer").alias("revenue_lift"),
             pl.col("scheme").replace_strict(order, return_dtype=pl.Int32).alias("__o"),
         )
         .sort("__o", "segment")
@@ -224,17 +232,30 @@ def build_outcomes(membership: pl.DataFrame, next_month: pl.DataFrame | None, *,
     )
 
 
-def transitions(previous: pl.DataFrame, current: pl.DataFrame, *, entered: str, exited: str) -> pl.DataFrame:
+def transitions(previous: pl.DataFrame | pl.LazyFrame, current: pl.DataFrame | pl.LazyFrame, *,
+                entered: str, exited: str) -> pl.DataFrame:
     """``(from_segment, to_segment, customers)`` between two ``(customer_id, segment)`` frames:
-    ``entered`` for customers only in ``current``, ``exited`` for those only in ``previous``."""
-    a = previous.select("customer_id", pl.col("segment").cast(pl.String).alias("from_segment"))
-    b = current.select("customer_id", pl.col("segment").cast(pl.String).alias("to_segment"))
+    ``entered`` for customers only in ``current``, ``exited`` for those only in ``previous``.
+    Frames may be lazy (scans of two months): joined and counted in one streaming pass."""
+    a = previous.lazy().select("customer_id", pl.col("segment").cast(pl.String).alias("from_segment"))
+    b = current.lazy().select("customer_id", pl.col("segment").cast(pl.String).alias("to_segment"))
     return (
         a.join(b, on="customer_id", how="full", coalesce=True)
         .select(pl.col("from_segment").fill_null(entered), pl.col("to_segment").fill_null(exited))
         .group_by("from_segment", "to_segment")
         .agg(pl.len().cast(pl.Int64).alias("customers"))
+        .collect()
     )
+
+
+def rows_of(frame: pl.DataFrame | pl.LazyFrame) -> int:
+    """Rows of a frame or a scan (a scan counts them from the files' metadata)."""
+    return frame.height if isinstance(frame, pl.DataFrame) else int(frame.select(pl.len()).collect().item())
+
+
+def snapshot_month_of(membership: pl.DataFrame | pl.LazyFrame):
+    """The ``snapshot_month`` of a membership month (None if it has no rows)."""
+    return membership.lazy().select(pl.col("snapshot_month").first()).collect().item()
 
 
 def activation_export(membership: pl.DataFrame, scheme: str, playbook: dict[str, str]) -> pl.DataFrame:

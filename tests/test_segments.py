@@ -228,3 +228,57 @@ def test_nearest_center_in_chunks_equals_all_rows_at_once():
         idx, dist = nearest(x, centers, chunk=chunk)
         assert (idx == full.argmin(axis=1)).all()
         assert np.array_equal(dist, full.min(axis=1))
+
+
+def test_profiles_and_outcomes_from_scans_do_not_depend_on_row_order(tmp_path):
+    """The segment readers take scans (the assets pass them) and give the same table as from
+    frames, whatever the order of the rows: sums of money are exact (cents)."""
+    rng = np.random.default_rng(7)
+    n = 3_000
+    feats = pl.DataFrame({
+        "customer_id": [f"c{i:05d}" for i in range(n)],
+        "recency_days": rng.integers(0, 400, n).astype(float),
+        "orders_365d": rng.integers(0, 9, n), "revenue_365d": rng.integers(0, 100_000, n) / 100,
+        "avg_order_value": rng.random(n) * 80, "active_days_30d": rng.integers(0, 30, n),
+        "days_since_last_activity": rng.integers(0, 400, n),
+    })
+    mem = pl.DataFrame({
+        "customer_id": feats["customer_id"], "snapshot_month": [dt.date(2025, 3, 1)] * n,
+        "identity": rng.choice(["customer", "contact", "anonymous"], n),
+        **{col: rng.choice([f"{scheme}-{k}" for k in range(5)], n) for scheme, col in
+           (("rfm", "rfm_segment"), ("rules", "rule_segment"), ("lifecycle", "lifecycle_stage"),
+            ("cluster", "cluster_name"))},
+    })
+    nxt = pl.DataFrame({"customer_id": feats["customer_id"][::3], "orders": rng.integers(0, 3, 1_000),
+                        "activity": rng.integers(0, 5, 1_000), "revenue": rng.integers(0, 50_000, 1_000) / 100})
+    for name, frame in {"mem": mem, "feats": feats, "nxt": nxt}.items():
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+    scan = {name: pl.scan_parquet(tmp_path / f"{name}.parquet") for name in ("mem", "feats", "nxt")}
+
+    def shuffled(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
+        return frame.sample(fraction=1.0, shuffle=True, seed=seed)
+
+    prof = build_profiles(mem, feats, {"rfm-0": "Call"})
+    assert prof.equals(build_profiles(scan["mem"], scan["feats"], {"rfm-0": "Call"}))
+    assert prof.equals(build_profiles(shuffled(mem, 1), shuffled(feats, 2), {"rfm-0": "Call"}))
+    rfm0 = mem.filter(pl.col("rfm_segment") == "rfm-0").join(feats, on="customer_id")
+    row = prof.filter((pl.col("scheme") == "rfm") & (pl.col("segment") == "rfm-0")).row(0, named=True)
+    assert row["customers"] == rfm0.height and row["playbook_action"] == "Call"
+    assert row["median_recency_days"] == rfm0["recency_days"].median()
+    assert row["share_revenue"] == pytest.approx(rfm0["revenue_365d"].sum() / feats["revenue_365d"].sum(), rel=1e-12)
+
+    out = build_outcomes(mem, nxt, churned_after_days=180, features_next=feats)
+    assert out.equals(build_outcomes(scan["mem"], scan["nxt"], churned_after_days=180, features_next=scan["feats"]))
+    assert out.equals(build_outcomes(shuffled(mem, 3), shuffled(nxt, 4), churned_after_days=180,
+                                     features_next=shuffled(feats, 5)))
+    assert out.filter(pl.col("scheme") == "cluster")["customers"].sum() == n
+    # by hand: the lift of one segment against the known (non-anonymous) customers
+    wide = mem.join(nxt, on="customer_id", how="left").with_columns(pl.col("orders").fill_null(0))
+    base = (wide.filter(pl.col("identity") != "anonymous")["orders"] > 0).mean()
+    seg = wide.filter(pl.col("rule_segment") == "rules-2")
+    row = out.filter((pl.col("scheme") == "rules") & (pl.col("segment") == "rules-2")).row(0, named=True)
+    assert row["ordered_next"] == pytest.approx((seg["orders"] > 0).mean())
+    assert row["ordered_lift"] == pytest.approx((seg["orders"] > 0).mean() / base)
+    assert row["revenue_next_per_customer"] == pytest.approx(seg["revenue"].fill_null(0).sum() / seg.height)
+    churned = seg.join(feats, on="customer_id")["days_since_last_activity"] >= 180
+    assert row["churned_next"] == pytest.approx(churned.mean())
