@@ -102,7 +102,7 @@ def build_activity_daily(events: pl.LazyFrame, *, spec: FeaturesConfig) -> pl.La
         pl.col("event_time").max().alias("last_time"),
         pl.len().cast(pl.UInt32).alias("events"),
         n(is_order).alias("orders"),
-        money_sum(pl.col("amount").filter(is_order)).alias("revenue"),
+        money_sum(pl.when(is_order).then(pl.col("amount"))).alias("revenue"),
         n(is_order & detail.str.contains(spec.discount_code)).alias("discount_orders"),
         n(src == "product").alias("app_events"),
         n(et == "login").alias("logins"),
@@ -187,7 +187,7 @@ def build_activity_monthly(events: pl.LazyFrame, *, month: str, daily: pl.LazyFr
         (is_order | (pl.col("source") == "product") | pl.col("event_type").is_in(["email_open", "email_click"])
          | (pl.col("source") == "web")).sum().cast(pl.UInt32).alias("activity"),
         is_order.sum().cast(pl.UInt32).alias("orders"),
-        money_sum(pl.col("amount").filter(is_order)).alias("revenue"),
+        money_sum(pl.when(is_order).then(pl.col("amount"))).alias("revenue"),
         pl.col("detail").filter(pl.col("event_type") == "feature_used").drop_nulls().unique().sort().alias("features_used"),
     )
     cats = (
@@ -732,8 +732,9 @@ def build_features(
     # Windows up to 30 days: day rows of this month and the one before.
     d = daily.filter((pl.col("day") < end) & since(SHORT_WINDOW_DAYS))
 
+    # masks summed over whole columns (Polars' grouped fast path), not filters inside the aggregation
     def s(col: str, days: int) -> pl.Expr:
-        return pl.col(col).filter(since(days)).sum().cast(pl.Int64)
+        return pl.when(since(days)).then(pl.col(col)).sum().cast(pl.Int64)
 
     def days_with(cond: pl.Expr, days: int) -> pl.Expr:
         return (cond & since(days)).sum().cast(pl.Int64)
@@ -741,7 +742,7 @@ def build_features(
     active = pl.col("activity") > 0
     short = d.group_by("customer_id").agg(
         *[s("orders", n).alias(f"orders_{n}d") for n in (14, 30)],
-        money_sum(pl.col("revenue").filter(since(30))).alias("revenue_30d"),
+        money_sum(pl.when(since(30)).then(pl.col("revenue"))).alias("revenue_30d"),
         *[days_with(active, n).alias(f"active_days_{n}d") for n in (7, 30)],
         *[s("logins", n).alias(f"logins_{n}d") for n in (7, 30)],
         days_with(pl.col("app_events") > 0, 30).alias("app_days_30d"),
