@@ -35,7 +35,7 @@ ui: install
 	$(BIN)/segpipe ui --port $(PORT)
 
 test: install-dev
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 clean:
 	rm -rf data/lake .dagster_home

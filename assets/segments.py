@@ -26,6 +26,7 @@ from segpipe.segments import (
     build_profiles,
     clusterable,
     model_rfm_thresholds,
+    rows_of,
     with_rfm_thresholds,
 )
 from segpipe.timeutil import month_key, month_start, next_month
@@ -243,7 +244,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         ads tool: {lake_dir}/exports/{scheme}/{YYYY-MM-01}.csv."""
         cfg = segpipe.config()
         for pk in partitions_of(context):
-            mem = require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS).collect()
+            mem = require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS)  # a scan, per scheme
             paths = {}
             for scheme in cfg.segments.exports:
                 path = lake_join(cfg.lake_path, "exports", scheme, f"{pk}.csv")
@@ -251,7 +252,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 write_partition_file(cfg.lake_path, f"segment_exports/{scheme}", pk, path,
                                      lambda fh, frame=frame: frame.write_csv(fh))
                 paths[scheme] = dg.MetadataValue.path(str(path))
-            context.add_asset_metadata({"rows": mem.height, **paths}, partition_key=pk)
+            context.add_asset_metadata({"rows": rows_of(mem), **paths}, partition_key=pk)
         return dg.MaterializeResult()
 
     return [segment_model, segment_membership, segment_profiles, segment_outcomes, segment_exports]

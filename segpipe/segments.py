@@ -258,10 +258,11 @@ def snapshot_month_of(membership: pl.DataFrame | pl.LazyFrame):
     return membership.lazy().select(pl.col("snapshot_month").first()).collect().item()
 
 
-def activation_export(membership: pl.DataFrame, scheme: str, playbook: dict[str, str]) -> pl.DataFrame:
-    """Customer id, segment and action of one scheme, ready for an email or ads tool."""
+def activation_export(membership: pl.DataFrame | pl.LazyFrame, scheme: str, playbook: dict[str, str]) -> pl.DataFrame:
+    """Customer id, segment and action of one scheme, ready for an email or ads tool (from a frame
+    or a scan, of which only the ids and the scheme's column are read)."""
     col = SCHEMES[scheme]
-    return membership.select(
+    return membership.lazy().select(
         "customer_id", pl.col(col).alias("segment"),
         pl.col(col).replace_strict(playbook, default=NO_ACTION, return_dtype=pl.String).alias("action"),
-    ).sort("customer_id")
+    ).sort("customer_id").collect()
