@@ -151,6 +151,16 @@ def test_report_is_deterministic_and_ignores_input_order():
     assert first == shuffled == report()
 
 
+def test_report_from_parquet_scans_is_the_report_from_frames(tmp_path):
+    """The report asset passes scans of the two membership months (read a scheme column at a time)."""
+    JAN.write_parquet(tmp_path / "jan.parquet")
+    FEB.write_parquet(tmp_path / "feb.parquet")
+    scanned = report(membership_prev=pl.scan_parquet(tmp_path / "jan.parquet"),
+                     membership_cur=pl.scan_parquet(tmp_path / "feb.parquet"))
+    assert scanned == report()
+    assert "6 customers" in scanned and "rfm (3 segments)" in scanned
+
+
 def test_report_is_self_contained():
     page = report()
     markup = re.sub(r"<script>.*?</script>", "", page, flags=re.S)  # the inlined libraries mention tags
