@@ -38,7 +38,6 @@ from segpipe.drift import (
     stay_rates,
     worst,
 )
-from segpipe.segments import MEMBERSHIP_KEYS
 from segpipe.timeutil import month_key, month_start, next_month
 
 FEATURE_DRIFT_CHECK = "feature_drift_within_thresholds"
@@ -179,10 +178,10 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         out, statuses, detail = {}, {}, {}
         for pk in partitions_of(context):
             # scans: counted one scheme column at a time, never a whole month in memory
-            cur = require(membership_history, pk, "segment_membership").select(MEMBERSHIP_KEYS)
+            cur = require(membership_history, pk, "segment_membership")
             pk_prev, pk_ref = _prev_key(pk), _fitted_key(_model(segment_model, pk))
-            prev = membership_history[pk_prev].select(MEMBERSHIP_KEYS) if pk_prev in membership_history else None
-            ref = membership_history[pk_ref].select(MEMBERSHIP_KEYS) if pk_ref in membership_history else None
+            prev = membership_history.get(pk_prev)
+            ref = membership_history.get(pk_ref)
             table = segment_shift(cur, prev, ref)
             out[pk] = table
             psi_prev, psi_ref = shift_psi(table, "share_previous"), shift_psi(table, "share_reference")
@@ -217,9 +216,9 @@ def build_drift_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         out = {}
         for pk in partitions_of(context):
             # scans: the two months joined on ids one scheme column at a time, streaming
-            cur = require(membership_history, pk, "segment_membership").select(MEMBERSHIP_KEYS)
+            cur = require(membership_history, pk, "segment_membership")
             pk_prev = _prev_key(pk)
-            prev = membership_history[pk_prev].select(MEMBERSHIP_KEYS) if pk_prev in membership_history else None
+            prev = membership_history.get(pk_prev)
             matrix = migration_matrix(prev, cur)
             out[pk] = matrix
             stays = stay_rates(matrix)

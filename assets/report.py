@@ -19,7 +19,7 @@ from segpipe.report import (
     outcome_section,
     profile_column_descriptions,
 )
-from segpipe.segments import MEMBERSHIP_KEYS, PROFILE_SCHEMA, SCHEMES
+from segpipe.segments import PROFILE_SCHEMA, SCHEMES
 from segpipe.timeutil import month_key, month_start, next_month
 
 REPORT_ASSET = "segment_report"
@@ -74,8 +74,8 @@ def build_report_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 month=pk,
                 profiles_by_month={k: frame for k, frame in history.items() if k <= pk},
                 # scans: read one scheme column at a time, streaming
-                membership_prev=segment_membership[prev].select(MEMBERSHIP_KEYS) if prev in segment_membership else None,
-                membership_cur=require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS),
+                membership_prev=segment_membership.get(prev),
+                membership_cur=require(segment_membership, pk, "segment_membership"),
                 schemes=SCHEMES,
                 extra_sections=(
                     drift_section(feature_drift[pk].collect() if pk in feature_drift else None, month=pk,

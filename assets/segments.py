@@ -14,7 +14,6 @@ from segpipe.locks import write_partition_file
 from segpipe.schemes import rfm_columns
 from segpipe.segments import (
     MEMBERSHIP_DESCRIPTIONS,
-    MEMBERSHIP_KEYS,
     MEMBERSHIP_SCHEMA,
     OUTCOME_SCHEMA,
     PROFILE_FEATURES,
@@ -174,7 +173,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         out = {}
         for pk in partitions_of(context):
             out[pk] = prof = build_profiles(  # scans: joined in one streaming pass
-                require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS),
+                require(segment_membership, pk, "segment_membership"),
                 require(customer_features, pk, "customer_features"), cfg.playbook)
             context.add_asset_metadata(
                 {"dagster/row_count": prof.height,
@@ -214,7 +213,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             prev = month_key(next_month(month_start(pk), -1))
             if prev in segment_membership:
                 res = build_outcomes(  # scans: joined and counted in one streaming pass
-                    segment_membership[prev].select(MEMBERSHIP_KEYS),
+                    segment_membership[prev],
                     require(customer_activity_monthly, pk, "customer_activity_monthly").select(
                         "customer_id", "orders", "activity", "revenue"),
                     churned_after_days=cfg.segments.lifecycle.churned_after_days,
@@ -244,7 +243,7 @@ def build_segment_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         ads tool: {lake_dir}/exports/{scheme}/{YYYY-MM-01}.csv."""
         cfg = segpipe.config()
         for pk in partitions_of(context):
-            mem = require(segment_membership, pk, "segment_membership").select(MEMBERSHIP_KEYS)  # a scan, per scheme
+            mem = require(segment_membership, pk, "segment_membership")  # a scan, read per scheme
             paths = {}
             for scheme in cfg.segments.exports:
                 path = lake_join(cfg.lake_path, "exports", scheme, f"{pk}.csv")

@@ -294,11 +294,12 @@ def segment_shift(current: pl.DataFrame | pl.LazyFrame, previous: pl.DataFrame |
     now = segment_shares(current)
     out = now
     for name, frame in (("share_previous", previous), ("share_reference", reference)):
-        if frame is None or rows_of(frame) == 0:
+        shares = None if frame is None else segment_shares(frame)  # no rows: no shares
+        if shares is None or shares.height == 0:
             out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(name))
             continue
-        other = segment_shares(frame).select("scheme", "segment", pl.col("share").alias(name))
-        out = out.join(other, on=["scheme", "segment"], how="full", coalesce=True)
+        out = out.join(shares.select("scheme", "segment", pl.col("share").alias(name)), on=["scheme", "segment"],
+                       how="full", coalesce=True)
     order = {s: i for i, s in enumerate(SCHEMES)}
     out = out.with_columns(
         pl.col("customers").fill_null(0), pl.col("share").fill_null(0.0),

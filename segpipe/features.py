@@ -370,11 +370,10 @@ def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfi
             .group_by("customer_id").agg(pl.col("gap").max().alias("longest_gap_days")))
     used = monthly.select("customer_id", pl.col("features_used")).explode("features_used").drop_nulls().group_by(
         "customer_id").agg(pl.col("features_used").unique().sort())
-    cols = list(state.collect_schema().names())
     return (state.join(gaps, on="customer_id", how="left")
             .join(used, on="customer_id", how="left")
-            .select(*cols[:5], pl.col("longest_gap_days").fill_null(0).cast(pl.Int64), *cols[5:],
-                    pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
+            .with_columns(pl.col("longest_gap_days").fill_null(0).cast(pl.Int64),
+                          pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
 
 
 def keep_current(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str, spec: FeaturesConfig) -> pl.LazyFrame:

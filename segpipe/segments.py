@@ -26,9 +26,6 @@ MEMBERSHIP_SCHEMA: dict[str, pl.DataType] = {
     "lifecycle_stage": pl.String(), "lifecycle_reason": pl.String(),
     "cluster_id": pl.String(), "cluster_name": pl.String(), "cluster_reason": pl.String(),
 }
-#: The membership columns every reader of segments needs (not the per-row reasons and scores):
-#: select them before collecting a month, which at millions of customers is most of its size.
-MEMBERSHIP_KEYS: tuple[str, ...] = ("customer_id", "snapshot_month", "identity", *SCHEMES.values())
 MEMBERSHIP_DESCRIPTIONS = {
     "r_score": "Recency score 1-5 (quintiles over buyers; 5 = most recent).",
     "f_score": "Frequency score 1-5.", "m_score": "Monetary score 1-5.",

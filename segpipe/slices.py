@@ -77,10 +77,10 @@ def write_slices(
     return parts
 
 
-def key_ranges(frame: pl.LazyFrame, key: str, *, slice_rows: int, rows: int | None = None) -> list[pl.Expr]:
+def key_ranges(frame: pl.LazyFrame, key: str, *, slice_rows: int) -> list[pl.Expr]:
     """Filters cutting ``frame`` into ranges of ``key`` of about ``slice_rows`` rows each, in key
-    order (one filter when ``frame`` fits one range); ``rows``: its size when known."""
-    return _ranges(key, _bounds(frame, key, rows=rows, slice_rows=slice_rows))
+    order (one filter when ``frame`` fits one range)."""
+    return _ranges(key, _bounds(frame, key, rows=None, slice_rows=slice_rows))
 
 
 def _bounds(frame: pl.LazyFrame, key: str, *, rows: int | None, slice_rows: int) -> list:
