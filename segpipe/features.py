@@ -824,13 +824,16 @@ def build_features(
     def share(col: str) -> pl.Expr:
         return rate(col, "activity_90d")
 
-    people = state if identity is None else state.drop("identity").join(identity, on="customer_id", how="left")
+    # The state is sorted by id and the joins onto it keep its order, so the final sort finds the rows
+    # in order instead of moving all 70 columns (a list column among them): 6.1 -> 4.5 s at 1M, month 24.
+    people = state if identity is None else state.drop("identity").join(identity, on="customer_id", how="left",
+                                                                         maintain_order="left")
     if spec.anonymous_retention_days is not None:  # customers without an identity count as anonymous here
         people = people.filter(~idle_anonymous(pl.col("identity").fill_null("anonymous").eq("anonymous"),
                                                month=month, spec=spec))
     f = (
-        people.join(win, on="customer_id", how="left")
-        .join(cats, on="customer_id", how="left")
+        people.join(win, on="customer_id", how="left", maintain_order="left")
+        .join(cats, on="customer_id", how="left", maintain_order="left")
         .with_columns(zero(*[c for c in win.collect_schema().names() if c != "customer_id"]))
         .with_columns(pl.col("revenue_30d", "revenue_90d", "revenue_365d", "revenue_prev_90d").cast(pl.Float64))
     )
