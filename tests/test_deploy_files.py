@@ -10,6 +10,7 @@ against the repository itself (workspace.yaml, pyproject.toml, segpipe.yaml, ass
 from __future__ import annotations
 
 import ast
+import copy
 import fnmatch
 import json
 import re
@@ -245,6 +246,89 @@ def test_pods_run_as_the_image_user(values, deployment, dockerfile):
     for context in (deployment["podSecurityContext"], run_pods):
         assert context["runAsNonRoot"] is True
         assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (int(uid), int(gid), int(gid))
+
+
+# -- what the chart writes into the instance's dagster.yaml, checked by Dagster itself ---------------
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+
+
+def chart_instance_sections(values: dict) -> dict:
+    """The sections of dagster.yaml the chart renders from ``values`` for the blocks segpipe sets, key
+    for key as its templates write them (helm/dagster/templates/configmap-instance.yaml and
+    helpers/instance/_run-coordinator.tpl, _run-launcher.tpl, _postgresql.tpl in dagster-io/dagster):
+    run monitoring, the queued run coordinator's config, the K8sRunLauncher's resources and
+    run_k8s_config, and the PostgreSQL storage's connection (password from the Secret, hence an env
+    var). The launcher settings the chart fills in itself (config map, service account, namespace)
+    are given placeholder values."""
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
+    pg = values["postgresql"]
+    return {
+        "run_monitoring": {_snake(k): v for k, v in monitoring.items()},
+        "run_coordinator": {_snake(k): v for k, v in queued.items()},
+        "run_launcher": {
+            "instance_config_map": "segpipe-dagster-instance", "service_account_name": "segpipe-dagster",
+            "job_namespace": "segpipe", "load_incluster_config": True, "postgres_password_secret":
+            values["global"]["postgresqlSecretName"], "dagster_home": "/opt/dagster/dagster_home",
+            "resources": k8s["resources"],
+            "run_k8s_config": {_snake(k): v for k, v in k8s["runK8sConfig"].items()},
+        },
+        "postgres_db": {"username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
+                        "hostname": pg["postgresqlHost"], "db_name": pg["postgresqlDatabase"],
+                        "port": pg["service"]["port"], "scheme": pg["postgresqlScheme"]},
+    }
+
+
+def instance_config_errors(sections: dict) -> list[str]:
+    """Dagster's own validation of ``sections``: the instance schema for run monitoring, and the
+    config schemas of QueuedRunCoordinator, K8sRunLauncher and the PostgreSQL run storage (what the
+    instance checks when it loads dagster.yaml)."""
+    from dagster._config import process_config
+    from dagster._config.field_utils import Shape
+    from dagster._core.instance.config import dagster_instance_config_schema
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_k8s import K8sRunLauncher
+    from dagster_postgres import PostgresRunStorage
+
+    checks = [
+        (Shape(dagster_instance_config_schema()), {"run_monitoring": sections["run_monitoring"]}),
+        (QueuedRunCoordinator.config_type(), sections["run_coordinator"]),
+        (K8sRunLauncher.config_type(), sections["run_launcher"]),
+        (PostgresRunStorage.config_type(), {"postgres_db": sections["postgres_db"]}),
+    ]
+    return [e.message for schema, config in checks for e in (process_config(schema, config).errors or [])]
+
+
+def test_the_instance_sections_the_chart_writes_pass_dagsters_own_config_schemas(values, monkeypatch):
+    pytest.importorskip("dagster_k8s")
+    pytest.importorskip("dagster_postgres")
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-a-real-password")
+    sections = chart_instance_sections(values)
+    assert sections["run_monitoring"]["max_resume_run_attempts"] == values["dagsterDaemon"]["runMonitoring"][
+        "maxResumeRunAttempts"]
+    assert instance_config_errors(sections) == []
+    # the pod spec of run and step pods is a valid Kubernetes PodSpec (dagster-k8s converts it the same way)
+    import kubernetes.client
+    from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
+
+    pod_spec = {**sections["run_launcher"]["run_k8s_config"]["pod_spec_config"],
+                "containers": [{"name": "dagster", "image": "segpipe"}]}  # dagster-k8s adds the run's container
+    model = k8s_model_from_dict(kubernetes.client.V1PodSpec, k8s_snake_case_dict(kubernetes.client.V1PodSpec, pod_spec))
+    assert model.security_context.run_as_non_root is True
+
+
+def test_the_instance_schema_check_catches_a_wrong_type_and_an_unknown_key(values, monkeypatch):
+    pytest.importorskip("dagster_k8s")
+    pytest.importorskip("dagster_postgres")
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-a-real-password")
+    broken = copy.deepcopy(values)
+    broken["dagsterDaemon"]["runMonitoring"]["startTimeoutSeconds"] = "ten"  # the chart's schema lets it through
+    broken["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]["maxConcurentRuns"] = 6
+    errors = instance_config_errors(chart_instance_sections(broken))
+    assert any("start_timeout_seconds" in e and "ten" in e for e in errors), errors
+    assert any("max_concurent_runs" in e for e in errors), errors
 
 
 # -- PostgreSQL, webserver ---------------------------------------------------------------------------
