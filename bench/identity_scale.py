@@ -13,7 +13,12 @@ for its identity map without one:
    (identifiers per customer, links per identifier, shared cookies);
 3. ``build_identity_map`` of that graph, as the ``identity_map`` asset calls it (``distinct=True``,
    the default ``scale.slice_rows``), then ``customer_identity`` of the map (the identity kinds the
-   feature store reads), each in a fresh process: rows, wall and cpu seconds, peak RSS.
+   feature store reads);
+4. stitching (``stitch_month``, the ``behavioral_events`` step) of k copies of the last month's
+   ingested events, their identifiers renamed the same way, against that map (every event must find
+   its customer, which checks that the copies line up),
+
+each in a fresh process: rows, wall and cpu seconds, peak RSS.
 
 With ``--size 1000000 --copies 1,3`` the second row is the identity map of about 3M customers after
 24 months. Each step runs in a fresh subprocess (``getrusage`` of the child), started from this
@@ -52,7 +57,7 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
     (k disjoint copies of it), ``map`` (the identity map and the identity kinds of k copies)."""
     import polars as pl
 
-    from segpipe.identity import LINK_SCHEMA, build_identity_map, customer_identity, write_graph
+    from segpipe.identity import LINK_SCHEMA, build_identity_map, customer_identity, stitch_month, write_graph
     from segpipe.slices import write_slices
 
     w0, c0 = time.perf_counter(), time.process_time()
@@ -84,6 +89,22 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
                 "map_wall": time.perf_counter() - w0, "map_cpu": time.process_time() - c0}
         kinds = customer_identity(imap.lazy()).collect()
         out["kinds"] = dict(kinds.group_by("identity").len().sort("identity").iter_rows())
+        imap.write_parquet(scratch / f"map_x{copies}.parquet")  # for the stitch step
+    elif name == "stitch":
+        # the month's ingested events of every source, their identifiers renamed per copy as in the graph
+        ids = ["customer_ref", "email_hash", "phone_hash", "user_id", "anonymous_id"]
+        month = sorted((lake / "identity_links").glob("*.parquet"))[-1].stem
+        events = pl.concat([pl.scan_parquet(lake / f"{src}_ingested" / f"{month}.parquet")
+                            for src in ("orders", "product", "email", "web")])
+        copied = events if copies == 1 else pl.concat([  # one copy is the graph as it is
+            events.with_columns(*[(pl.lit(f"{i}.") + pl.col(c)).alias(c) for c in [*ids, "event_id"]])
+            for i in range(copies)])
+        folder = scratch / f"events_x{copies}"
+        shutil.rmtree(folder, ignore_errors=True)
+        ev = stitch_month(copied, pl.scan_parquet(scratch / f"map_x{copies}.parquet"), folder, slice_rows=SLICE_ROWS)
+        out["rows"], unmatched = ev.select(pl.len(), pl.col("customer_id").null_count()).collect().row(0)
+        if unmatched:
+            raise SystemExit(f"{unmatched} events without a customer after stitching: the copies do not line up")
     else:
         raise SystemExit(f"unknown step {name}")
     out |= {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
@@ -133,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"x{k}: identity map {r['rows']:,} identifiers, {r['customers']:,} customers: "
                   f"map {r['map_wall']:.1f} s wall / {r['map_cpu']:.1f} s cpu, with the kinds {r['wall']:.1f} s, "
                   f"peak {r['peak_mib']:,.0f} MiB; kinds {r['kinds']}", flush=True)
+            st = in_subprocess(args, "stitch", k)
+            r["stitch"] = st
+            print(f"x{k}: stitching the last month's events: {st['rows']:,} events, {st['wall']:.1f} s wall / "
+                  f"{st['cpu']:.1f} s cpu, peak {st['peak_mib']:,.0f} MiB", flush=True)
         base = results["runs"][0]
         for r in results["runs"][1:]:
             print(f"x{r['copies']} / x{base['copies']}: identifiers {r['rows'] / base['rows']:.2f}, "
-                  f"map wall {r['map_wall'] / base['map_wall']:.2f}, peak RSS {r['peak_mib'] / base['peak_mib']:.2f}")
+                  f"map wall {r['map_wall'] / base['map_wall']:.2f}, peak RSS {r['peak_mib'] / base['peak_mib']:.2f}; "
+                  f"stitching wall {r['stitch']['wall'] / base['stitch']['wall']:.2f}, "
+                  f"peak RSS {r['stitch']['peak_mib'] / base['stitch']['peak_mib']:.2f}")
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
     if args.json:
