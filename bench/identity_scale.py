@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (lake / "identity_links").is_dir():
         raise SystemExit(f"{lake}/identity_links not found: run bench/features.py --sizes {args.size} --keep first")
     args.scratch.mkdir(parents=True, exist_ok=True)
-    results = {"machine": f"{platform.platform()}, {__import__('os').cpu_count()} cpus", "size": args.size, "runs": []}
+    results = {"machine": f"{platform.platform()}, {os.cpu_count()} cpus", "size": args.size, "runs": []}
     try:
         prep = in_subprocess(args, "graph", 1)
         print(f"graph of the last month from {prep['months']} months of links: {prep['rows']:,} links, "
