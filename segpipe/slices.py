@@ -104,20 +104,27 @@ def in_range(key: pl.Expr, bounds: list, i: int) -> pl.Expr:
     return cond
 
 
+def scatter(frame: pl.LazyFrame, folder: Path, *, key: str, bounds: list) -> list[list[Path]]:
+    """Compute ``frame`` once and write its rows to one sub-folder of ``folder`` per range of
+    ``key`` (:func:`in_range` of ``bounds``; nulls to the first) with a partitioned
+    ``sink_parquet``. Returns each range's files, in range order (none for a range without rows)."""
+    k = pl.col(key)
+    where = (pl.sum_horizontal([(k >= b).cast(pl.UInt32) for b in bounds]).fill_null(0) if bounds
+             else pl.lit(0, dtype=pl.UInt32))
+    frame.with_columns(where.alias("__slice")).sink_parquet(
+        pl.PartitionBy(folder, key="__slice", include_key=False), compression="lz4", mkdir=True)
+    return [sorted((folder / f"__slice={i}").glob("*.parquet")) for i in range(len(bounds) + 1)]
+
+
 def _scattered(frame: pl.LazyFrame, folder: Path, *, key: str, bounds: list,
                arrange: Callable[[pl.LazyFrame], pl.LazyFrame], name: str) -> list[Path]:
-    scatter = folder / f"{name}-scatter"
-    shutil.rmtree(scatter, ignore_errors=True)
-    k = pl.col(key)
-    where = pl.sum_horizontal([(k >= b).cast(pl.UInt32) for b in bounds]).fill_null(0).alias("__slice")
-    frame.with_columns(where).sink_parquet(pl.PartitionBy(scatter, key="__slice", include_key=False),
-                                           compression="lz4", mkdir=True)
+    where = folder / f"{name}-scatter"
+    shutil.rmtree(where, ignore_errors=True)
     empty = frame.clear()
     parts = [folder / f"{name}-{i:05d}.parquet" for i in range(len(bounds) + 1)]
-    for i, part in enumerate(parts):
-        held = sorted((scatter / f"__slice={i}").glob("*.parquet"))
+    for part, held in zip(parts, scatter(frame, where, key=key, bounds=bounds)):
         arrange(pl.scan_parquet(held) if held else empty).sink_parquet(part, compression="lz4")
         for f in held:
             f.unlink()
-    shutil.rmtree(scatter, ignore_errors=True)
+    shutil.rmtree(where, ignore_errors=True)
     return parts
