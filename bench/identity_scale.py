@@ -16,7 +16,10 @@ for its identity map without one:
    feature store reads);
 4. stitching (``stitch_month``, the ``behavioral_events`` step) of k copies of the last month's
    ingested events, their identifiers renamed the same way, against that map (every event must find
-   its customer, which checks that the copies line up),
+   its customer, which checks that the copies line up). The copies are written beforehand as one
+   file per source sorted by time, as the lake holds a month's ingested events, so the step reads
+   four files as ``behavioral_events`` does (a concat of k x 4 scans streams differently: measured
+   1.9 GiB at 15 x 200k against 4.3 GiB at 3 x 1M for the same rows),
 
 each in a fresh process: rows, wall and cpu seconds, peak RSS.
 
@@ -47,6 +50,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SLICE_ROWS = 500_000  # the default scale.slice_rows
+SOURCES = ("orders", "product", "email", "web")
+IDS = ("customer_ref", "email_hash", "phone_hash", "user_id", "anonymous_id")
 
 
 def graph_dir(scratch: Path, copies: int) -> Path:
@@ -55,7 +60,7 @@ def graph_dir(scratch: Path, copies: int) -> Path:
 
 def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
     """One step in this process: ``graph`` (the last month's graph from all links), ``copies``
-    (k disjoint copies of it), ``map`` (the identity map and the identity kinds of k copies)."""
+    (k disjoint copies of it and of the last month's ingested events), ``map`` (the identity map and the identity kinds of k copies)."""
     import polars as pl
 
     from segpipe.identity import LINK_SCHEMA, build_identity_map, customer_identity, stitch_month, write_graph
@@ -83,6 +88,15 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
         parts = write_slices(pl.concat([renamed(i) for i in range(copies)]), folder, key="node",
                              slice_rows=SLICE_ROWS, arrange=lambda f: f.sort("node", "other"), name="graph")
         out["rows"] = pl.scan_parquet(parts).select(pl.len()).collect().item()
+        # k copies of the last month's ingested events, one file per source sorted by time (the lake's layout)
+        month = sorted((lake / "identity_links").glob("*.parquet"))[-1].stem
+        folder = scratch / f"ingested_x{copies}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for src in SOURCES:
+            events = pl.scan_parquet(lake / f"{src}_ingested" / f"{month}.parquet")
+            pl.concat([events.with_columns(*[(pl.lit(f"{i}.") + pl.col(c)).alias(c) for c in [*IDS, "event_id"]])
+                       for i in range(copies)]).sort("event_time", "event_id").sink_parquet(
+                folder / f"{src}.parquet", compression="zstd", statistics=True)
     elif name == "map":
         graph = pl.scan_parquet(sorted(graph_dir(scratch, copies).glob("*.parquet")))
         imap = build_identity_map(graph, distinct=True, slice_rows=SLICE_ROWS)
@@ -92,14 +106,11 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
         out["kinds"] = dict(kinds.group_by("identity").len().sort("identity").iter_rows())
         imap.write_parquet(scratch / f"map_x{copies}.parquet")  # for the stitch step
     elif name == "stitch":
-        # the month's ingested events of every source, their identifiers renamed per copy as in the graph
-        ids = ["customer_ref", "email_hash", "phone_hash", "user_id", "anonymous_id"]
+        # the month's ingested events of every source (k copies: written by the copies step)
         month = sorted((lake / "identity_links").glob("*.parquet"))[-1].stem
-        events = pl.concat([pl.scan_parquet(lake / f"{src}_ingested" / f"{month}.parquet")
-                            for src in ("orders", "product", "email", "web")])
-        copied = events if copies == 1 else pl.concat([  # one copy is the graph as it is
-            events.with_columns(*[(pl.lit(f"{i}.") + pl.col(c)).alias(c) for c in [*ids, "event_id"]])
-            for i in range(copies)])
+        copied = pl.concat([pl.scan_parquet(lake / f"{src}_ingested" / f"{month}.parquet" if copies == 1
+                                            else scratch / f"ingested_x{copies}" / f"{src}.parquet")
+                            for src in SOURCES])
         folder = scratch / f"events_x{copies}"
         shutil.rmtree(folder, ignore_errors=True)
         ev = stitch_month(copied, pl.scan_parquet(scratch / f"map_x{copies}.parquet"), folder, slice_rows=SLICE_ROWS)
