@@ -106,7 +106,7 @@ def _stitch_input(n: int) -> pl.DataFrame:
         "customer_ref": [rnd.choice([None, None, "C1", "C2"]) for _ in range(n)],
         "user_id": [rnd.choice([None, "u1", "u2", "u3"]) for _ in range(n)],
         "email_hash": [rnd.choice([None, "h1", "h2"]) for _ in range(n)],
-        "anonymous_id": [f"k{rnd.randrange(n // 3)}" for _ in range(n)],
+        "anonymous_id": [f"k{rnd.randrange(50)}" for _ in range(n)],
         "event_time": [t0 + dt.timedelta(minutes=rnd.randrange(2_000)) for _ in range(n)],
         "source": [rnd.choice(["web", "product"]) for _ in range(n)],
         "event_type": ["x"] * n,
@@ -117,15 +117,14 @@ def _stitch_input(n: int) -> pl.DataFrame:
 
 
 def test_stitched_month_in_slices_equals_one_sort(tmp_path):
-    """stitch_month: the events joined a range of identifiers at a time and sorted a time range at
-    a time are the stitched month sorted at once, with every event's customer."""
+    """stitch_month: the streamed join sorted a time range at a time is the stitched month sorted
+    at once, with every event's customer."""
     n = 3_000
     events = _stitch_input(n)
     events.write_parquet(tmp_path / "events.parquet")
 
     imap = build_identity_map(identity_links(events.lazy()))
-    imap.write_parquet(tmp_path / "map.parquet", row_group_size=100)
-    assert imap.height > 3 * 250  # several ranges of the map's nodes, each joined alone
+    imap.write_parquet(tmp_path / "map.parquet")
     got = stitch_month(pl.scan_parquet(tmp_path / "events.parquet"), pl.scan_parquet(tmp_path / "map.parquet"),
                        tmp_path / "stitched", slice_rows=250).collect()
     whole = stitch_events(events.lazy(), imap.lazy()).collect().sort("event_time", "source", "event_id")
