@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PORT   ?= 3000
+# Azurite (Microsoft's Azure Storage emulator, from the npm registry) for the Azure lake tests;
+# installed into $(VENV)/azurite, so it goes and comes back with the virtualenv.
+AZURITE_VERSION = 3.35.0
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: run test ui sample install install-dev bench clean
@@ -22,8 +25,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/uv pip install -q -p $(BIN)/python -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# Without npm the Azure lake tests skip (and fail under CI=true; .ci/run installs nodejs and npm).
+$(VENV)/.installed-azurite-$(AZURITE_VERSION): | $(BIN)/python
+	@if command -v npm >/dev/null 2>&1; then \
+	  echo "npm install azurite@$(AZURITE_VERSION) into $(VENV)/azurite"; \
+	  npm install --prefix $(VENV)/azurite --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION) && touch $@; \
+	else \
+	  echo "npm not found: Azurite not installed, the Azure lake tests will skip (apt-get install nodejs npm)"; \
+	fi
+
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev $(VENV)/.installed-azurite-$(AZURITE_VERSION)
 
 sample: install
 	$(BIN)/segpipe sample --if-missing

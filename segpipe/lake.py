@@ -44,7 +44,7 @@ STORE_ENV: dict[str, tuple[str, ...]] = {
     "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
            "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"),
     "gs": ("GOOGLE_APPLICATION_CREDENTIALS",),
-    "az": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"),
+    "az": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ENDPOINT", "AZURE_ALLOW_HTTP"),
 }
 
 Location = Path | str
@@ -168,6 +168,9 @@ def store_settings(kind: str, env: Mapping[str, str] | None = None, *, account: 
       Google credentials.
     * Azure: ``AZURE_STORAGE_ACCOUNT_NAME`` (unless the URL names the account) and
       ``AZURE_STORAGE_ACCOUNT_KEY``; without a key the default Azure credential chain.
+      ``AZURE_STORAGE_ENDPOINT`` overrides the blob endpoint (an emulator such as Azurite, a
+      sovereign cloud, a private endpoint), see :func:`azure_endpoint`; ``AZURE_ALLOW_HTTP=true``
+      to allow an ``http://`` endpoint.
     """
     env = os.environ if env is None else env
 
@@ -221,9 +224,57 @@ def store_settings(kind: str, env: Mapping[str, str] | None = None, *, account: 
         if key:
             opts["azure_storage_account_key"] = key
             fs["account_key"] = key
+        endpoint = get("AZURE_STORAGE_ENDPOINT")
+        allow_http = _truthy(get("AZURE_ALLOW_HTTP"))
+        if endpoint:
+            url, authorities = azure_endpoint(endpoint, name, allow_http=allow_http)
+            opts["azure_endpoint"] = url
+            fs |= authorities
+        if allow_http:
+            opts["azure_allow_http"] = "true"
     else:
         raise ValueError(f"unknown object store kind {kind!r}")
     return StoreSettings(kind, opts, fs)
+
+
+def azure_endpoint(endpoint: str, account: str, *, allow_http: bool = False) -> tuple[str, dict[str, str]]:
+    """The blob endpoint of ``AZURE_STORAGE_ENDPOINT`` for both libraries: (the URL Polars'
+    ``azure_endpoint`` takes, the ``pyarrow.fs.AzureFileSystem`` keyword arguments).
+
+    Two forms, because pyarrow builds the account's URL from an authority in one of two ways:
+
+    * path-style, the account as the only path segment: ``http://127.0.0.1:10000/devstoreaccount1``
+      (Azurite and other emulators) -> ``blob_storage_authority="127.0.0.1:10000"``;
+    * host-style, the account as the first label of the host: ``https://acct.blob.core.chinacloudapi.cn``
+      -> ``blob_storage_authority=".blob.core.chinacloudapi.cn"``.
+
+    The Data Lake (dfs) endpoint pyarrow also calls (to detect a hierarchical namespace) is the same
+    authority with ``.blob.`` replaced by ``.dfs.``, or the same authority for an emulator.
+    ValueError naming the variable for anything else, and for ``http://`` unless ``allow_http``.
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"AZURE_STORAGE_ENDPOINT must be http(s)://host[:port]/{account} (an emulator such as "
+                         f"Azurite) or https://{account}.host (the account's blob endpoint), got {endpoint!r}")
+    if parts.scheme == "http" and not allow_http:
+        raise ValueError(f"AZURE_STORAGE_ENDPOINT {endpoint} is plain http: set AZURE_ALLOW_HTTP=true to allow "
+                         "unencrypted connections (a local Azurite, a test server)")
+    path = parts.path.strip("/")
+    if path:
+        if path != account:
+            raise ValueError(f"AZURE_STORAGE_ENDPOINT {endpoint}: a path-style endpoint must end with the account "
+                             f"name, /{account} (its only path segment), not /{path}")
+        blob = dfs = parts.netloc
+    else:
+        first, dot, rest = parts.netloc.partition(".")
+        if first.lower() != account.lower() or not dot or not rest:
+            raise ValueError(f"AZURE_STORAGE_ENDPOINT {endpoint} names neither the account {account!r} as its first "
+                             f"host label (https://{account}.blob...) nor as its path (http://host:port/{account})")
+        blob = "." + rest
+        dfs = blob.replace(".blob.", ".dfs.", 1)
+    url = f"{parts.scheme}://{parts.netloc}" + (f"/{path}" if path else "")
+    return url, {"blob_storage_authority": blob, "blob_storage_scheme": parts.scheme,
+                 "dfs_storage_authority": dfs, "dfs_storage_scheme": parts.scheme}
 
 
 def _env_items(kind: str, env: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -370,31 +421,40 @@ def put_object(url: str, data: bytes) -> None:
     S3 and GCS: one output stream, one write, then close. The object becomes visible only when
     the upload completes (a single PUT, or the completion of an S3 multipart / GCS resumable upload);
     an upload that fails or is killed leaves the previous version. Azure: ``pyarrow``'s Azure
-    output stream creates (truncates) the blob when it is opened, so the data goes to a hidden
-    ``.tmp-*.part`` blob beside the target first and is then copied over it server-side; the temp
-    blob is deleted (or, if that fails, by the next write of the target).
+    output stream creates (truncates) the blob when it is opened, so the data goes to a blob in
+    a hidden ``.tmp-*.part/`` folder beside the target first and is then copied over it
+    server-side; the temp folder is deleted (or, if that fails, by the next write of the target).
+    See :func:`put_staged`.
     """
     u = parse_url(url)
     fs = filesystem(url)
+    metadata = {"Content-Type": content_type(u.key)}
     if u.kind == "az":
-        put_staged(fs, u.fs_path, data)
+        put_staged(fs, u.fs_path, data, metadata=metadata)
     else:
-        _upload(fs, u.fs_path, data, metadata={"Content-Type": content_type(u.key)})
+        _upload(fs, u.fs_path, data, metadata=metadata)
 
 
-def put_staged(fs, path: str, data: bytes) -> None:
-    """Upload ``data`` to a hidden ``.tmp-{stem}-{token}.part`` object beside ``path`` (in
-    ``pyarrow.fs`` filesystem ``fs``), copy it over ``path`` server-side, then delete it. A
-    failure before the copy leaves the previous version; a temp object left behind is removed by
-    :func:`remove_stale_temp_files` on the next write of ``path``."""
+def put_staged(fs, path: str, data: bytes, *, metadata: dict[str, str] | None = None) -> None:
+    """Upload ``data`` to ``{folder}/.tmp-{stem}-{token}.part/{name}`` beside ``path`` (in
+    ``pyarrow.fs`` filesystem ``fs``), copy it over ``path`` server-side, then delete that temp
+    folder. A failure before the copy leaves the previous version; a temp folder left behind is
+    removed by :func:`remove_stale_temp_files` on the next write of ``path``. ``metadata`` (the
+    Content-Type) is set on the temp object; the server-side copy carries it to ``path``.
+
+    The temp object has a folder of its own because deleting a folder is a listing and one batch
+    delete on Azure, while pyarrow deletes a single blob under a lease that it then releases, and
+    leaves an empty "folder" marker blob beside the target. (Azurite answers that release with a
+    404 that the Azure SDK's HTTP client sometimes fails to read, and retries for 7 s or more.)"""
     parent, name = path.rsplit("/", 1)
-    tmp = f"{parent}/{TMP_PREFIX}{Path(name).stem}-{secrets.token_hex(8)}.part"
-    _upload(fs, tmp, data, metadata=None)
+    tmp_dir = f"{parent}/{TMP_PREFIX}{Path(name).stem}-{secrets.token_hex(8)}.part"
+    tmp = f"{tmp_dir}/{name}"
+    _upload(fs, tmp, data, metadata=metadata)
     try:
         fs.copy_file(tmp, path)
     finally:
         try:
-            fs.delete_file(tmp)
+            fs.delete_dir(tmp_dir)
         except (OSError, NotImplementedError):
             pass  # left for remove_stale_temp_files
 
@@ -456,17 +516,30 @@ def remove_stale_temp_files(folder: Location, stem: str, *, older_than: float | 
 
 
 def remove_stale_objects(fs, fs_folder: str, stem: str, older_than: float) -> list[str]:
-    """The object-store half of :func:`remove_stale_temp_files`: delete the temp objects of
-    ``{stem}`` in ``fs_folder`` (a ``pyarrow.fs`` path) last modified before ``older_than``;
-    returns their names."""
+    """The object-store half of :func:`remove_stale_temp_files`: delete the temp folders of
+    ``{stem}`` in ``fs_folder`` (a ``pyarrow.fs`` path; see :func:`put_staged`) whose objects were
+    all last modified before ``older_than``, and temp objects of that name; returns their names."""
+    import pyarrow.fs as pafs
+
     pattern = temp_file_pattern(stem)
     removed: list[str] = []
-    for info in _files_in(fs, fs_folder):
+    sel = pafs.FileSelector(fs_folder, allow_not_found=True, recursive=False)
+    for info in fs.get_file_info(sel):
         name = Path(info.path).name
-        if pattern.match(name) and info.mtime is not None and info.mtime.timestamp() < older_than:
-            try:
+        if not pattern.match(name):
+            continue
+        try:
+            if info.type == pafs.FileType.Directory:
+                inside = [i for i in fs.get_file_info(pafs.FileSelector(info.path, allow_not_found=True, recursive=True))
+                          if i.type == pafs.FileType.File]
+                if any(i.mtime is None or i.mtime.timestamp() >= older_than for i in inside):
+                    continue
+                fs.delete_dir(info.path)
+            elif info.type == pafs.FileType.File and info.mtime is not None and info.mtime.timestamp() < older_than:
                 fs.delete_file(info.path)
-            except FileNotFoundError:
+            else:
                 continue
-            removed.append(name)
+        except FileNotFoundError:
+            continue
+        removed.append(name)
     return removed

@@ -13,11 +13,12 @@ os.environ.setdefault("SEGPIPE_PSEUDONYMIZATION_KEY", "test-key-not-secret")
 
 ORDERS_HEADER = "oid,cust,when,amt,email,cat\n"
 
-#: The longest modules (a daemon backfill each, a Celery run, the drift project's history). `make test`
-#: runs two pytest-xdist workers, one module at a time each, in this order (``--dist loadfile
-#: --no-loadscope-reorder``): starting these first lets the short modules fill the other worker,
-#: instead of one of them running alone at the end.
-LONG_MODULES = ("test_backfill.py", "test_postgres.py", "test_drift_pipeline.py", "test_executors.py")
+#: The longest modules (a daemon backfill each, a Celery run, the drift project's history, three
+#: refresh runs on S3, Azurite and a local lake). `make test` runs two pytest-xdist workers, one
+#: module at a time each, in this order (``--dist loadfile --no-loadscope-reorder``): starting these
+#: first lets the short modules fill the other worker, instead of one of them running alone at the end.
+LONG_MODULES = ("test_backfill.py", "test_postgres.py", "test_drift_pipeline.py", "test_executors.py",
+                "test_object_store.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
