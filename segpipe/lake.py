@@ -43,7 +43,7 @@ REMOTE_SCHEMES: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "g
 STORE_ENV: dict[str, tuple[str, ...]] = {
     "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
            "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP"),
-    "gs": ("GOOGLE_APPLICATION_CREDENTIALS",),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS", "GCS_ENDPOINT", "GCS_ALLOW_HTTP", "GCS_ANONYMOUS"),
     "az": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ENDPOINT", "AZURE_ALLOW_HTTP"),
 }
 
@@ -165,7 +165,9 @@ def store_settings(kind: str, env: Mapping[str, str] | None = None, *, account: 
       ``http://`` endpoint. Without keys both libraries fall back to the standard AWS chain
       (profile files, instance or container role).
     * GCS: ``GOOGLE_APPLICATION_CREDENTIALS`` (a credentials JSON file); without it the default
-      Google credentials.
+      Google credentials, or none with ``GCS_ANONYMOUS=true`` (unsigned requests: public buckets, an
+      emulator such as fake-gcs-server). ``GCS_ENDPOINT`` (``http(s)://host[:port]``) overrides the
+      storage endpoint; ``GCS_ALLOW_HTTP=true`` to allow an ``http://`` endpoint.
     * Azure: ``AZURE_STORAGE_ACCOUNT_NAME`` (unless the URL names the account) and
       ``AZURE_STORAGE_ACCOUNT_KEY``; without a key the default Azure credential chain.
       ``AZURE_STORAGE_ENDPOINT`` overrides the blob endpoint (an emulator such as Azurite, a
@@ -210,9 +212,31 @@ def store_settings(kind: str, env: Mapping[str, str] | None = None, *, account: 
             opts["aws_allow_http"] = "true"
     elif kind == "gs":
         creds = get("GOOGLE_APPLICATION_CREDENTIALS")
+        anonymous = _truthy(get("GCS_ANONYMOUS"))
+        endpoint = get("GCS_ENDPOINT")
+        allow_http = _truthy(get("GCS_ALLOW_HTTP"))
+        if creds and anonymous:
+            raise ValueError("set GOOGLE_APPLICATION_CREDENTIALS or GCS_ANONYMOUS=true, not both")
         if creds:
             opts["google_application_credentials"] = creds
             # pyarrow's GcsFileSystem reads GOOGLE_APPLICATION_CREDENTIALS itself (Google default credentials).
+        if anonymous:
+            opts["google_skip_signature"] = "true"
+            fs["anonymous"] = True
+        if endpoint:
+            parts = urlsplit(endpoint)
+            if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/")
+                    or parts.query or parts.fragment):
+                raise ValueError(f"GCS_ENDPOINT must be http(s)://host[:port] (no path), got {endpoint!r}")
+            if parts.scheme == "http" and not allow_http:
+                raise ValueError(f"GCS_ENDPOINT {endpoint} is plain http: set GCS_ALLOW_HTTP=true to allow "
+                                 "unencrypted connections (a local fake-gcs-server, a test server)")
+            # Polars (object_store) sends its reads to the XML API at this URL, pyarrow its writes and
+            # listings to the JSON API (/storage/v1, /upload/storage/v1) of the same host.
+            opts["google_base_url"] = f"{parts.scheme}://{parts.netloc}"
+            fs |= {"endpoint_override": parts.netloc, "scheme": parts.scheme}
+        if allow_http:
+            opts["allow_http"] = "true"
     elif kind == "az":
         name = account or get("AZURE_STORAGE_ACCOUNT_NAME")
         if not name:
