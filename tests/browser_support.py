@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -190,15 +189,9 @@ class Webserver:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        from .server_support import stop_group  # server_support imports this module
+
+        stop_group(self.proc)
 
 
 @contextlib.contextmanager

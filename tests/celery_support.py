@@ -8,12 +8,12 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .browser_support import BIN, REPO, free_port
+from .browser_support import BIN, REPO
+from .server_support import LoopbackServer, stop_group
 
 REDIS_SERVER = "redis-server"
 
@@ -24,65 +24,32 @@ def redis_server_binary() -> str | None:
         (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.access(p, os.X_OK)), None)
 
 
-def _stop_group(proc: subprocess.Popen | None, timeout: float = 20) -> None:
-    """SIGTERM the process group led by ``proc``, SIGKILL it if it is still there after ``timeout``."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):  # children (celery's own process) may outlive it
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
-class RedisServer:
+class RedisServer(LoopbackServer):
     """``redis-server`` in the foreground on 127.0.0.1 and a free port, no persistence."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = Path(workdir)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_path = self.workdir / "redis.log"
-        self.proc: subprocess.Popen | None = None
+    name = "redis"
+    port_taken = "Address already in use"
 
-    def start(self, timeout: float = 30) -> RedisServer:
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self, port: int) -> list[str]:
         binary = redis_server_binary()
         assert binary, "redis-server is not installed"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "no",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        return [binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+
+    def probe(self) -> None:
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("redis-server exited:\n" + self.log())
-            try:
-                if client.ping():
-                    client.close()
-                    return self
-            except redis.exceptions.ConnectionError:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError(f"redis-server did not answer PING in {timeout:.0f} s:\n" + self.log())
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        _stop_group(self.proc)
+        try:
+            client.ping()
+        except redis.exceptions.ConnectionError as exc:
+            raise OSError(str(exc)) from exc
+        finally:
+            client.close()
 
 
 def write_worker_config(path: Path, broker: str, backend: str) -> Path:
@@ -145,4 +112,4 @@ class CeleryWorker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc)

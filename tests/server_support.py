@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .celery_support import _stop_group
 from .browser_support import free_port
+
+
+def stop_group(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """SIGTERM the process group led by ``proc``, SIGKILL it if it is still there after ``timeout``
+    (children, such as celery's own process, may outlive the leader: the group is killed anyway)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
 
 
 class LoopbackServer:
@@ -32,6 +52,7 @@ class LoopbackServer:
         raise NotImplementedError
 
     def start(self, timeout: float = 60):
+        self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(5):  # a free port may be taken between free_port() and the bind
             self.port = free_port()
             with open(self.log_path, "wb") as log:
@@ -68,4 +89,4 @@ class LoopbackServer:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc)
