@@ -25,7 +25,6 @@ across Polars versions moves customers between buckets but never changes an outp
 
 import inspect
 import math
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -34,7 +33,8 @@ import dagster as dg
 import polars as pl
 
 from assets.io_manager import STEP_VALUES, write_frame
-from segpipe.lake import Location, asset_path, is_remote, lake_join, scan_parquet, write_parquet_atomic
+from segpipe.lake import (Location, asset_path, is_remote, lake_join, remove_folder, scan_parquet,
+                          write_parquet_atomic)
 from segpipe.slices import write_slices
 
 BUCKET_SEED = 0x5E6B1D
@@ -162,19 +162,10 @@ def _remove_run_folders(lake: Location, asset: str, run_id: str) -> None:
     a request; 35 of them took about 100 s on Azurite). The asset's own folders (``_buckets/{asset}``,
     ``_steps/{asset}``) go too when nothing else is left in them; in an object store an empty
     "folder" marker of them may stay."""
-    folders = (lake_join(lake, PARTS, asset, run_id), lake_join(lake, STEP_VALUES, asset, run_id))
-    if is_remote(lake):
-        from segpipe.lake import filesystem, parse_url
-
-        for prefix in folders:
+    for folder in (lake_join(lake, PARTS, asset, run_id), lake_join(lake, STEP_VALUES, asset, run_id)):
+        remove_folder(folder)
+        if not is_remote(lake):
             try:
-                filesystem(str(prefix)).delete_dir(parse_url(str(prefix)).fs_path)
-            except (FileNotFoundError, OSError):
+                Path(folder).parent.rmdir()  # only when empty
+            except OSError:
                 pass
-        return
-    for folder in map(Path, folders):
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder.parent.rmdir()  # only when empty
-        except OSError:
-            pass

@@ -22,6 +22,7 @@ import mimetypes
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -398,6 +399,18 @@ def remove(location: Location) -> None:
 
     if fs.get_file_info(path).type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def remove_folder(location: Location) -> None:
+    """Delete a lake folder (prefix) and everything in it, if it exists: one recursive delete, not
+    one call per file (in an object store each call is a request)."""
+    if not is_remote(location):
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    try:
+        filesystem(str(location)).delete_dir(parse_url(str(location)).fs_path)
+    except OSError:  # not there (FileNotFoundError), or nothing under the prefix
+        pass
 
 
 def read_bytes(location: Location) -> bytes:
