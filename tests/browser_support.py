@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+
+from .server_support import free_port, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -30,12 +31,6 @@ CHROMIUM_ARGS = [
 ]
 INSTANCE_YAML = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
 os.environ.setdefault("SEGPIPE_PSEUDONYMIZATION_KEY", "test-key-not-secret")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_sample_project(root: Path, *, customers: int = 300, months: int = 3, start: str = "2024-11",
@@ -189,7 +184,6 @@ class Webserver:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        from .server_support import stop_group  # server_support imports this module
 
         stop_group(self.proc)
 

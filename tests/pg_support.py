@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.browser_support import free_port
+from tests.server_support import free_port
 
 SERVER_USER = "postgres"
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
-from .browser_support import free_port
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (it may be taken before the caller binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen | None, timeout: float = 20) -> None:

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_support import free_port
+
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 QUERY = "{ assetNodes { assetKey { path } groupName description dependencyKeys { path } } }"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, query: str) -> dict:
@@ -70,7 +66,7 @@ def test_webserver_binds_loopback_only(webserver):
 def test_segpipe_ui_serves_and_stops_on_ctrl_c(orders_project, tmp_path):
     """`segpipe ui` starts webserver + daemon on 127.0.0.1 with the project's instance and prints
     the URL; SIGINT (Ctrl-C) stops everything."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
         [str(BIN / "segpipe"), "--config", str(orders_project), "ui", "--port", str(port)],
