@@ -13,15 +13,15 @@ from assets.resources import SegpipeResource
 from segpipe.config import SegpipeConfig
 from segpipe.contract import EVENT_SCHEMA, INGESTED_SCHEMA
 from segpipe.timeutil import month_key, month_start, next_month
-from segpipe.identity import LINK_SCHEMA, MAP_SCHEMA, build_identity_map, stitch_month, write_graph, write_links
-
-
-def _to_scratch(frame: pl.DataFrame, scratch: str, pk: str) -> pl.LazyFrame:
-    """The month's table written to the step's scratch folder and scanned back: the IO manager
-    streams it into the lake, so a run over many months holds one month at a time."""
-    path = Path(scratch) / f"{pk}.parquet"
-    frame.write_parquet(path, compression="lz4")
-    return pl.scan_parquet(path)
+from segpipe.identity import (
+    LINK_SCHEMA,
+    MAP_SCHEMA,
+    build_identity_map,
+    stitch_month,
+    update_identity_map,
+    write_graph,
+    write_links,
+)
 
 
 def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
@@ -86,7 +86,8 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 else:
                     base = pl.concat([lf for k, lf in links.items() if k < pk] or [pl.LazyFrame(schema=LINK_SCHEMA)])
                     start = "all links to date"
-                out[pk] = write_graph(base, links[pk], Path(scratch) / pk, slice_rows=slice_rows)
+                out[pk] = write_graph(base, links[pk], Path(scratch) / pk, slice_rows=slice_rows,
+                                      previous_is_graph=start == "previous graph")
                 stats = out[pk].select(pl.len().alias("links"), pl.col("node").n_unique().alias("identifiers")).collect()
                 context.add_asset_metadata(
                     {"dagster/row_count": stats["links"].item(), "identifiers": stats["identifiers"].item(),
@@ -96,7 +97,10 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             yield dg.Output(out)
 
     @dg.asset(
-        ins={"graph": dg.AssetIn("identity_graph")},
+        ins={
+            "graph": dg.AssetIn("identity_graph"),
+            "previous_map": dg.AssetIn("identity_map", partition_mapping=PREVIOUS_MONTH),
+        },
         group_name="identity",
         **common,
         metadata={"dagster/column_schema": column_schema(MAP_SCHEMA, {
@@ -105,27 +109,50 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
             "first_seen": "First time the identifier was seen.",
         })},
     )
-    def identity_map(context: dg.AssetExecutionContext, segpipe: SegpipeResource, graph: dict[str, pl.LazyFrame]):
+    def identity_map(context: dg.AssetExecutionContext, segpipe: SegpipeResource, graph: dict[str, pl.LazyFrame],
+                     previous_map: dict[str, pl.LazyFrame]):
         """Every identifier seen up to the end of the month → one customer_id (the user's own id
-        where a path to it exists, else a stable synthetic 'sp-' id), from the month's identity graph."""
+        where a path to it exists, else a stable synthetic 'sp-' id), from the month's identity graph.
+        The previous month's map is updated with the links first seen this month (only what they
+        can change is worked out again); the first month, or a month whose previous map is missing
+        or does not match the graph, is built from the whole graph. Both give the same map."""
         with tempfile.TemporaryDirectory(prefix="segpipe-identity-map-") as scratch:
             out: dict[str, pl.LazyFrame] = {}
             for pk in partitions_of(context):
-                imap = build_identity_map(require(graph, pk, "identity_graph"), distinct=True,
-                                          slice_rows=segpipe.config().scale.slice_rows)
-                customers = imap["customer_id"].n_unique()
-                synthetic = imap.filter(pl.col("hops") < 0)["customer_id"].n_unique()
+                links = require(graph, pk, "identity_graph")
+                prev = month_key(next_month(month_start(pk), -1))
+                base = out.get(prev, previous_map.get(prev))
+                path = Path(scratch) / f"{pk}.parquet"
+                plan = None if base is None else update_identity_map(base, links, since=month_start(pk))
+                if plan is not None:
+                    built_from = "previous map + the month's new links"
+                    plan.sink_parquet(path, compression="lz4")
+                else:
+                    built_from = ("all links to date" if base is None
+                                  else "all links to date (the previous map does not match the graph)")
+                    build_identity_map(links, distinct=True, slice_rows=segpipe.config().scale.slice_rows
+                                       ).write_parquet(path, compression="lz4")
+                imap = pl.scan_parquet(path)
+                stats = imap.select(
+                    pl.len().alias("rows"), pl.col("customer_id").null_count().alias("unmapped"),
+                    pl.col("customer_id").n_unique().alias("customers"),
+                    pl.col("customer_id").filter(pl.col("hops") < 0).n_unique().alias("synthetic"),
+                ).collect().row(0, named=True)
+                identifiers = links.filter(pl.col("node") == pl.col("other")).select(pl.len()).collect().item()
+                if stats["rows"] != identifiers or stats["unmapped"]:
+                    raise ValueError(f"identity_map {pk[:7]}: {stats['rows']} rows ({stats['unmapped']} without a "
+                                     f"customer id) for the graph's {identifiers} identifiers ({built_from})")
                 context.add_asset_metadata(
                     {
-                        "dagster/row_count": imap.height,
-                        "customers": customers,
-                        "synthetic_customers": synthetic,
-                        "identifiers_per_customer": imap.height / max(customers, 1),
+                        "dagster/row_count": stats["rows"],
+                        "customers": stats["customers"],
+                        "synthetic_customers": stats["synthetic"],
+                        "identifiers_per_customer": stats["rows"] / max(stats["customers"], 1),
+                        "built_from": built_from,
                     },
                     partition_key=pk,
                 )
-                out[pk] = _to_scratch(imap, scratch, pk)
-                del imap
+                out[pk] = imap
             yield dg.Output(out)
 
     @dg.asset(

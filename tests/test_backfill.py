@@ -5,6 +5,7 @@ the code location, an asset backfill of every asset and month launched over Grap
 import polars as pl
 import pytest
 
+from segpipe.identity import build_identity_map
 from segpipe.lake import asset_path
 from tests.browser_support import Webserver, backfill_all_assets, last_complete_months, make_instance_home, make_sample_project
 
@@ -30,6 +31,10 @@ def test_24_month_asset_backfill_with_the_daemon(tmp_path):
                       "segment_migration"):
             assert asset_path(lake, asset, month).is_file(), f"{asset} {month} missing"
         assert asset_path(lake, "segment_report", month).with_suffix(".html").is_file()
+    # each month's identity map, updated from the month before, is the map of the month's whole graph
+    for month in MONTHS:
+        imap = pl.read_parquet(asset_path(lake, "identity_map", month))
+        assert imap.equals(build_identity_map(pl.scan_parquet(asset_path(lake, "identity_graph", month)), distinct=True))
     first = pl.read_parquet(asset_path(lake, "customer_features", MONTHS[0])).height
     last = pl.read_parquet(asset_path(lake, "customer_features", MONTHS[-1])).height
     assert last > first

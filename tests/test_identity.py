@@ -3,9 +3,17 @@
 import datetime as dt
 
 import polars as pl
+import pytest
 
 from segpipe.contract import INGESTED_SCHEMA
-from segpipe.identity import accumulate_links, build_identity_map, identity_links, stitch_events
+from segpipe.identity import (
+    LINK_SCHEMA,
+    accumulate_links,
+    build_identity_map,
+    identity_links,
+    stitch_events,
+    update_identity_map,
+)
 
 
 def _events(rows: list[dict]) -> pl.LazyFrame:
@@ -96,3 +104,80 @@ def test_the_graph_accumulated_month_by_month_gives_the_map_of_all_links():
     again = accumulate_links(graph.lazy(), identity_links(_events([{"day": 20, "source": "orders", "customer_ref": "C1",
                                                                      "email_hash": "E1"}]))).collect()
     assert again.equals(graph)
+
+
+def _random_months(seed: int, months: int = 5) -> list[list[dict]]:
+    """Events of ``months`` 30-day months linking identifiers of small pools at random, so that
+    customers share cookies, anonymous groups grow, merge and meet customer ids, and long chains
+    (more hops than the map follows) appear and are cut short later."""
+    import random
+
+    rng = random.Random(seed)
+    kinds = {"customer_ref": "C", "email_hash": "E", "user_id": "U", "anonymous_id": "A", "phone_hash": "P"}
+    pool = {k: rng.randint(3, 9) for k in kinds}
+    chain = [f"Z{i}" for i in range(rng.randint(7, 10))]  # cookies linked one after the other
+    out = []
+    for m in range(months):
+        rows = []
+        for _ in range(rng.randint(4, 14)):
+            picked = rng.sample(list(kinds), rng.randint(1, 3))
+            row = {k: f"{kinds[k]}{rng.randint(0, pool[k] + 2 * m)}" for k in picked}
+            rows.append({"day": 30 * m + rng.randint(0, 29), "source": rng.choice(["web", "orders", "email"]), **row})
+        # the chain is laid out link by link, and a customer id sometimes appears at one end or in it
+        for i in range(m * 3, min(len(chain) - 1, m * 3 + 3)):
+            rows.append({"day": 30 * m + rng.randint(0, 29), "anonymous_id": chain[i], "email_hash": f"Q{chain[i + 1]}"})
+            rows.append({"day": 30 * m + rng.randint(0, 29), "anonymous_id": chain[i + 1], "email_hash": f"Q{chain[i + 1]}"})
+        if rng.random() < 0.5:
+            rows.append({"day": 30 * m + rng.randint(0, 29), "anonymous_id": rng.choice(chain),
+                         "customer_ref": f"C{rng.randint(0, pool['customer_ref'])}"})
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_map_updated_month_by_month_equals_the_map_built_from_scratch(seed):
+    """identity_map updates the previous month's map with the month's new links: the same map as a
+    build from the whole graph, month after month (each update starting from the last update)."""
+    months = _random_months(seed)
+    graph = pl.DataFrame(schema=LINK_SCHEMA)
+    imap = None
+    for m, rows in enumerate(months):
+        graph = accumulate_links(graph.lazy(), identity_links(_events([dict(r) for r in rows]))).collect()
+        scratch = build_identity_map(graph.lazy(), distinct=True)
+        if imap is not None:
+            since = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=30 * m)
+            plan = update_identity_map(imap.lazy(), graph.lazy(), since=since)
+            assert plan is not None
+            imap = plan.collect()
+            assert imap.equals(scratch), f"month {m}"
+        else:
+            imap = scratch
+
+
+def test_the_update_cuts_an_anonymous_group_that_a_customer_id_reaches():
+    """Cookies Z0..Z8 in a chain are one anonymous person; a customer id linked to Z0 reaches Z0..Z5
+    (Q2 at 6 hops) and the rest, out of reach, is a smaller anonymous group with a new id."""
+    chain = [{"day": i, "anonymous_id": f"Z{i}", "email_hash": f"Q{i}"} for i in range(9)]
+    chain += [{"day": i, "anonymous_id": f"Z{i + 1}", "email_hash": f"Q{i}"} for i in range(8)]
+    before = accumulate_links(pl.LazyFrame(schema=LINK_SCHEMA), identity_links(_events(chain))).collect()
+    old = build_identity_map(before.lazy(), distinct=True)
+    assert old["customer_id"].n_unique() == 1 and old["customer_id"][0].startswith("sp-")
+    after = accumulate_links(before.lazy(), identity_links(_events([
+        {"day": 40, "anonymous_id": "Z0", "customer_ref": "C1"}]))).collect()
+    new = update_identity_map(old.lazy(), after.lazy(), since=dt.datetime(2025, 2, 1, tzinfo=dt.timezone.utc)).collect()
+    assert new.equals(build_identity_map(after.lazy(), distinct=True))
+    cid = dict(zip(new["node"], new["customer_id"]))
+    hops = dict(zip(new["node"], new["hops"]))
+    assert cid["a:Z0"] == cid["e:Q2"] == "C1" and hops["a:Z0"] == 1 and hops["e:Q2"] == 6
+    assert cid["a:Z3"].startswith("sp-") and cid["a:Z3"] == cid["a:Z8"] != old["customer_id"][0]
+
+
+def test_the_update_refuses_a_previous_map_of_another_graph():
+    """A previous map that is not the map of the graph's older links (a stale or foreign partition)
+    is refused (None): the asset then builds the month from scratch."""
+    graph = identity_links(_events([dict(e) for e in EVENTS])).collect()
+    wrong = build_identity_map(identity_links(_events([dict(e) for e in EVENTS[:4]])))
+    since = dt.datetime(2025, 1, 6, tzinfo=dt.timezone.utc)
+    assert update_identity_map(wrong.lazy(), graph.lazy(), since=since) is None
+    right = build_identity_map(graph.filter(pl.col("first_seen") < since).lazy(), distinct=True)
+    assert update_identity_map(right.lazy(), graph.lazy(), since=since).collect().equals(build_identity_map(graph.lazy()))

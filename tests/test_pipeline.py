@@ -65,7 +65,7 @@ def test_graph_snapshot_of_the_sample_config():
                for k in graph.get_all_asset_keys()}
     assert parents["identity_links"] == [f"{s}_ingested" for s in ("email", "orders", "product", "web")]
     assert parents["identity_graph"] == ["identity_graph", "identity_links"]  # the previous month's graph + links
-    assert parents["identity_map"] == ["identity_graph"]
+    assert parents["identity_map"] == ["identity_graph", "identity_map"]  # the month's graph + the previous map
     assert parents["behavioral_events"] == sorted(["identity_map", *(f"{s}_ingested" for s in ("orders", "product", "email", "web"))])
     assert parents["customer_state"] == ["customer_activity_daily", "customer_activity_monthly", "customer_state",
                                          "identity_map"]

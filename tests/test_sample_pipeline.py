@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from assets.build import build_definitions
+from segpipe.identity import build_identity_map
 from segpipe.ingest import pseudonymize
 from segpipe.lake import asset_path
 from segpipe.sample import generate_sample
@@ -104,6 +105,16 @@ def test_identities_stitch_to_the_planted_customers(sample_run):
     ids = [cid.get(f"e:{h}") for h in email_only["email_hash"]]
     seen = [i for i in ids if i is not None]
     assert seen and all(i.startswith("sp-") for i in seen) and len(set(seen)) == len(seen)
+
+
+def test_each_months_map_updates_the_previous_one_and_equals_a_build_from_the_graph(sample_run):
+    root, _, result = sample_run
+    built = {m.partition: m.metadata["built_from"].value for m in result.asset_materializations_for_node("identity_map")}
+    assert built == {m: "all links to date" if m == MONTHS[0] else "previous map + the month's new links"
+                     for m in MONTHS}
+    for m in MONTHS:
+        graph = pl.scan_parquet(asset_path(root / "lake", "identity_graph", m))
+        assert _lake(root, "identity_map", m).equals(build_identity_map(graph, distinct=True)), m
 
 
 def test_no_raw_email_anywhere_in_the_lake_or_the_event_log(sample_run):
