@@ -111,9 +111,9 @@ class FeaturesConfig(_Model):
     lapsed_after_days: int = Field(default=90, ge=1, description="Days without any activity to count as lapsed.")
     anonymous_retention_days: int | None = Field(
         default=90, ge=1,
-        description="Anonymous visitors (cookies never linked to a known customer) leave the snapshots after this "
-                    "many days without activity; their state is kept, so they return if they come back. "
-                    "null keeps them forever.")
+        description="Anonymous visitors (cookies never linked to a known customer) leave the snapshots and the "
+                    "customer state after this many days without activity; one that comes back starts over "
+                    "(its identifiers keep their id). null keeps them forever.")
     usage_tier_quantiles: tuple[float, float] = Field(
         default=(0.5, 0.8),
         description="Quantiles of active app days in 30 days among app users: below the first is light, "
