@@ -86,8 +86,7 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 else:
                     base = pl.concat([lf for k, lf in links.items() if k < pk] or [pl.LazyFrame(schema=LINK_SCHEMA)])
                     start = "all links to date"
-                out[pk] = write_graph(base, links[pk], Path(scratch) / pk, slice_rows=slice_rows,
-                                      previous_is_graph=start == "previous graph")
+                out[pk] = write_graph(base, links[pk], Path(scratch) / pk, slice_rows=slice_rows)
                 stats = out[pk].select(pl.len().alias("links"), pl.col("node").n_unique().alias("identifiers")).collect()
                 context.add_asset_metadata(
                     {"dagster/row_count": stats["links"].item(), "identifiers": stats["identifiers"].item(),

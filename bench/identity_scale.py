@@ -15,9 +15,9 @@ for its identity map without one:
    (``distinct=True``, the default ``scale.slice_rows``), then ``customer_identity`` of the map (the
    identity kinds the feature store reads);
 3b. what a monthly refresh runs instead since the map is updated: ``update_identity_map`` from the
-   map of the month before (built beforehand, not timed) with the last month's links, checked equal
-   to the build of 3; and ``identity_graph``'s step, ``write_graph`` of the previous month's graph
-   plus the last month's links, the graph's rows grouped again (before) and looked up (now);
+   map of the month before (built beforehand, not timed) with the last month's new links, written
+   as the asset writes it and checked equal to the build of 3, interleaved with that build
+   (``--repeat`` times each);
 4. stitching (``stitch_month``, the ``behavioral_events`` step) of k copies of the last month's
    ingested events, their identifiers renamed the same way, against that map (every event must find
    its customer, which checks that the copies line up). The copies are written beforehand as one
@@ -59,7 +59,7 @@ IDS = ("customer_ref", "email_hash", "phone_hash", "user_id", "anonymous_id")
 
 
 def graph_dir(scratch: Path, copies: int, which: str = "last") -> Path:
-    """The graph after the last month (``last``), the one before (``prev``) or the last month's links (``links``)."""
+    """The graph after the last month (``last``) or the one before (``prev``)."""
     return scratch / f"graph_x{copies}" / which
 
 
@@ -93,13 +93,10 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
         shutil.rmtree(graph_dir(scratch, 1).parent, ignore_errors=True)
         prev = write_graph(pl.LazyFrame(schema=LINK_SCHEMA), pl.scan_parquet(links[:-1]), graph_dir(scratch, 1, "prev"),
                            slice_rows=SLICE_ROWS)
-        graph = write_graph(prev, pl.scan_parquet(links[-1]), graph_dir(scratch, 1, "last"), slice_rows=SLICE_ROWS,
-                            previous_is_graph=True)
-        graph_dir(scratch, 1, "links").mkdir()
-        shutil.copy(links[-1], graph_dir(scratch, 1, "links") / links[-1].name)
+        graph = write_graph(prev, pl.scan_parquet(links[-1]), graph_dir(scratch, 1, "last"), slice_rows=SLICE_ROWS)
         out["rows"] = graph.select(pl.len()).collect().item()
     elif name == "copies":
-        for which in ("prev", "last", "links"):
+        for which in ("prev", "last"):
             one = _scan(graph_dir(scratch, 1, which))
 
             def renamed(i: int) -> pl.LazyFrame:
@@ -122,23 +119,18 @@ def step(name: str, lake: Path, scratch: Path, copies: int) -> dict:
             pl.concat([events.with_columns(*[(pl.lit(f"{i}.") + pl.col(c)).alias(c) for c in [*IDS, "event_id"]])
                        for i in range(copies)]).sort("event_time", "event_id").sink_parquet(
                 folder / f"{src}.parquet", compression="zstd", statistics=True)
-    elif name in ("graph_grouped", "graph_added"):  # identity_graph's step: previous graph + the month's links
-        folder = scratch / f"{name}_x{copies}"
-        shutil.rmtree(folder, ignore_errors=True)
-        graph = write_graph(_scan(graph_dir(scratch, copies, "prev")), _scan(graph_dir(scratch, copies, "links")), folder,
-                            slice_rows=SLICE_ROWS, previous_is_graph=name == "graph_added")
-        out["rows"] = graph.select(pl.len()).collect().item()
-        out["equal"] = graph.collect().equals(_scan(graph_dir(scratch, copies, "last")).collect())
-        shutil.rmtree(folder, ignore_errors=True)
     elif name == "prevmap":  # the input of the update: the map of the month before, built whole
         build_identity_map(_scan(graph_dir(scratch, copies, "prev")), distinct=True, slice_rows=SLICE_ROWS
                            ).write_parquet(scratch / f"prevmap_x{copies}.parquet")
     elif name == "update":
         month = sorted((lake / "identity_links").glob("*.parquet"))[-1].stem
-        imap = update_identity_map(pl.scan_parquet(scratch / f"prevmap_x{copies}.parquet"),
-                                   _scan(graph_dir(scratch, copies, "last")), since=month_start(month))
-        out |= {"wall_map": time.perf_counter() - w0, "rows": imap.height,
-                "equal": imap.equals(pl.read_parquet(scratch / f"map_x{copies}.parquet"))}
+        written = scratch / f"updated_x{copies}.parquet"
+        update_identity_map(pl.scan_parquet(scratch / f"prevmap_x{copies}.parquet"),
+                            _scan(graph_dir(scratch, copies, "last")), since=month_start(month)
+                            ).sink_parquet(written, compression="lz4")
+        out["wall_map"] = time.perf_counter() - w0
+        imap = pl.read_parquet(written)
+        out |= {"rows": imap.height, "equal": imap.equals(pl.read_parquet(scratch / f"map_x{copies}.parquet"))}
     elif name == "map":
         graph = _scan(graph_dir(scratch, copies))
         imap = build_identity_map(graph, distinct=True, slice_rows=SLICE_ROWS)
@@ -211,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak {r['peak_mib']:,.0f} MiB; kinds {r['kinds']}", flush=True)
             in_subprocess(args, "prevmap", k)
             for _ in range(args.repeat):  # interleaved: before / now, same inputs
-                for kind in ("map_rebuilt", "update", "graph_grouped", "graph_added"):
+                for kind in ("map_rebuilt", "update"):
                     if kind == "map_rebuilt":
                         m = in_subprocess(args, "map", k)
                         m = {"wall": m["map_wall"], "cpu": m["map_cpu"], "peak_mib": m["peak_mib"], "equal": True}
@@ -220,15 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                     if not m["equal"]:
                         raise SystemExit(f"x{k} {kind}: not equal to the build from scratch")
                     r.setdefault(kind, []).append(m)
-            best = {kind: min(r[kind], key=lambda m: m["wall"]) for kind in ("map_rebuilt", "update", "graph_grouped",
-                                                                              "graph_added")}
-            print(f"x{k}: identity map of the last month, best of {args.repeat}: built from the graph "
+            best = {kind: min(r[kind], key=lambda m: m["wall"]) for kind in ("map_rebuilt", "update")}
+            print(f"x{k}: identity map of the last month, best of {args.repeat}: built from the graph (not written) "
                   f"{best['map_rebuilt']['wall']:.1f} s / {best['map_rebuilt']['peak_mib']:,.0f} MiB, "
-                  f"updated from the month before {best['update']['wall']:.1f} s / {best['update']['peak_mib']:,.0f} MiB "
-                  f"(x{best['map_rebuilt']['wall'] / best['update']['wall']:.2f} faster); identity graph: grouped again "
-                  f"{best['graph_grouped']['wall']:.1f} s / {best['graph_grouped']['peak_mib']:,.0f} MiB, links added "
-                  f"{best['graph_added']['wall']:.1f} s / {best['graph_added']['peak_mib']:,.0f} MiB "
-                  f"(x{best['graph_grouped']['wall'] / best['graph_added']['wall']:.2f}); all equal", flush=True)
+                  f"updated from the month before {best['update']['wall']:.1f} s (map written "
+                  f"{best['update']['wall_map']:.1f} s) / {best['update']['peak_mib']:,.0f} MiB: "
+                  f"x{best['map_rebuilt']['wall'] / best['update']['wall_map']:.2f} faster, equal", flush=True)
             st = in_subprocess(args, "stitch", k)
             r["stitch"] = st
             print(f"x{k}: stitching the last month's events: {st['rows']:,} events, {st['wall']:.1f} s wall / "

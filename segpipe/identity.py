@@ -71,37 +71,13 @@ def accumulate_links(previous: pl.LazyFrame, links: pl.LazyFrame) -> pl.LazyFram
     return _distinct_links(pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))]))
 
 
-def write_graph(previous: pl.LazyFrame, links: pl.LazyFrame, folder: Path, *, slice_rows: int,
-                previous_is_graph: bool = False) -> pl.LazyFrame:
+def write_graph(previous: pl.LazyFrame, links: pl.LazyFrame, folder: Path, *, slice_rows: int) -> pl.LazyFrame:
     """:func:`accumulate_links` written to Parquet parts in ``folder``, a range of identifiers at a
     time (about ``slice_rows`` input links each, :func:`segpipe.slices.write_slices`): memory
-    follows one range, not the graph. Returns a scan of the parts.
-
-    With ``previous_is_graph`` (``previous`` is a graph: distinct links, as this writes them) the
-    graph's rows are not grouped again: the month's links are looked up in them (:func:`_add_links`),
-    4x faster on a graph of 2M links with the same result."""
-    both = pl.concat([previous.select(list(LINK_SCHEMA)).with_columns(pl.lit(False).alias("__new")),
-                      links.select(list(LINK_SCHEMA)).with_columns(pl.lit(True).alias("__new"))])
-    if not previous_is_graph:
-        return pl.scan_parquet(write_slices(both.drop("__new"), folder, key="node", slice_rows=slice_rows,
-                                            arrange=_distinct_links, name="graph"))
-    return pl.scan_parquet(write_slices(both, folder, key="node", slice_rows=slice_rows, arrange=_add_links,
+    follows one range, not the graph. Returns a scan of the parts."""
+    both = pl.concat([previous.select(list(LINK_SCHEMA)), links.select(list(LINK_SCHEMA))])
+    return pl.scan_parquet(write_slices(both, folder, key="node", slice_rows=slice_rows, arrange=_distinct_links,
                                         name="graph"))
-
-
-def _add_links(both: pl.LazyFrame) -> pl.LazyFrame:
-    """Rows of a graph (``__new`` false, distinct) and of new links (``__new`` true): the graph's
-    links, each with the earliest time of either, then the new links it did not have; sorted. The
-    same as :func:`_distinct_links` of both, without grouping the graph's rows."""
-    rows = both.collect()  # read once, split in two
-    graph = rows.filter(~pl.col("__new")).drop("__new")
-    new = rows.filter(pl.col("__new")).group_by("node", "other").agg(pl.col("first_seen").min())
-    if new.height and graph.height and new["first_seen"].min() < graph["first_seen"].max():
-        # links seen again earlier than the graph has them (late data): the graph takes the earliest
-        graph = graph.join(new, on=["node", "other"], how="left", suffix="_new", maintain_order="left").select(
-            "node", "other", pl.min_horizontal("first_seen", "first_seen_new").alias("first_seen"))
-    added = new.join(graph, on=["node", "other"], how="anti")
-    return pl.concat([graph, added]).sort("node", "other").lazy()
 
 
 def _synthetic_id(label: str) -> str:

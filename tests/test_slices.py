@@ -89,25 +89,6 @@ def test_graph_in_slices_equals_the_graph_at_once(tmp_path):
         assert build_identity_map(sliced, distinct=True, slice_rows=slice_rows).equals(whole_map)
 
 
-def test_a_month_added_to_a_graph_in_slices_equals_the_graph_at_once(tmp_path):
-    """identity_graph adds the month's links to the previous graph without grouping the graph
-    again: the same graph, including links seen again (the earliest time kept, whichever it is)."""
-    empty = pl.LazyFrame(schema=LINK_SCHEMA)
-    graph = accumulate_links(_links(3_000, 1, dt.datetime(2025, 1, 1, tzinfo=UTC)).lazy(), empty).collect()
-    again = graph.sample(400, seed=3).with_columns(  # links of the graph seen again, later or (late data) earlier
-        pl.col("first_seen") + pl.duration(days=pl.int_range(pl.len()) % 21 - 10))
-    month = accumulate_links(pl.concat([_links(1_500, 2, dt.datetime(2025, 2, 15, tzinfo=UTC)), again]).lazy(),
-                             empty).collect()
-    graph.write_parquet(tmp_path / "graph.parquet")
-    month.write_parquet(tmp_path / "month.parquet")
-    both = graph.join(month, on=["node", "other"], suffix="_m")
-    assert (both["first_seen"] < both["first_seen_m"]).any() and (both["first_seen"] > both["first_seen_m"]).any()
-    got = write_graph(pl.scan_parquet(tmp_path / "graph.parquet"), pl.scan_parquet(tmp_path / "month.parquet"),
-                      tmp_path / "out", slice_rows=300, previous_is_graph=True)
-    assert len(list((tmp_path / "out").glob("*.parquet"))) >= 5
-    assert got.collect().equals(accumulate_links(graph.lazy(), month.lazy()).collect())
-
-
 def test_links_in_slices_equal_the_links_at_once(tmp_path):
     """write_links scatters the events' identifier pairs by ranges of identifiers, once."""
     events = _stitch_input(4_000)
