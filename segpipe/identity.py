@@ -214,15 +214,16 @@ def update_identity_map(previous: pl.LazyFrame, graph: pl.LazyFrame, *, since: d
     prev = previous.select(list(MAP_SCHEMA))
     edges = graph.select(list(LINK_SCHEMA))
     selfs = pl.col("node") == pl.col("other")
-    new, older, known = pl.collect_all([
+    new, older, held = pl.collect_all([
         edges.filter(pl.col("first_seen") >= since),
         edges.filter(selfs & (pl.col("first_seen") < since)).select(pl.len()),
-        prev.select(pl.len()),
+        prev.select(pl.len(), (pl.col("node") < pl.col("node").shift(-1)).fill_null(True).all().alias("sorted")),
     ], engine="streaming")
     # every identifier has a self link (first seen when the identifier was): the previous map must
-    # hold exactly the identifiers first seen before ``since``
+    # hold exactly the identifiers first seen before ``since``, once each and sorted (as both ways
+    # of building it write it)
     new_nodes = new.filter(selfs).select("node", "first_seen")
-    if older.item() != known.item() or _rows_of(prev, new_nodes).height:
+    if older.item() != held["len"].item() or not held["sorted"].item() or _rows_of(prev, new_nodes).height:
         return None
     if new.height == 0:
         return prev

@@ -173,11 +173,12 @@ def test_the_update_cuts_an_anonymous_group_that_a_customer_id_reaches():
 
 
 def test_the_update_refuses_a_previous_map_of_another_graph():
-    """A previous map that is not the map of the graph's older links (a stale or foreign partition)
-    is refused (None): the asset then builds the month from scratch."""
+    """A previous map that is not the map of the graph's older links (a stale or foreign partition),
+    or not sorted by identifier, is refused (None): the asset then builds the month from scratch."""
     graph = identity_links(_events([dict(e) for e in EVENTS])).collect()
     wrong = build_identity_map(identity_links(_events([dict(e) for e in EVENTS[:4]])))
     since = dt.datetime(2025, 1, 6, tzinfo=dt.timezone.utc)
     assert update_identity_map(wrong.lazy(), graph.lazy(), since=since) is None
     right = build_identity_map(graph.filter(pl.col("first_seen") < since).lazy(), distinct=True)
+    assert update_identity_map(right.reverse().lazy(), graph.lazy(), since=since) is None  # not sorted by node
     assert update_identity_map(right.lazy(), graph.lazy(), since=since).collect().equals(build_identity_map(graph.lazy()))
