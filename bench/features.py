@@ -7,7 +7,8 @@ Not a test: it prints figures and ratios. For each size (customers x months) it
 2. builds the upstream inputs with the segpipe library, month by month, into a small Parquet lake
    laid out like the pipeline's (``{lake}/{asset}/{YYYY-MM-01}.parquet``, atomic writes):
    ``ingest_source`` per source -> ``identity_links`` -> ``build_identity_map`` (cumulative over the
-   months <= M, as the ``identity_map`` asset does) -> ``stitch_events`` -> ``behavioral_events``,
+   months <= M: the map the ``identity_map`` asset holds, which updates the month before's) ->
+   ``stitch_events`` -> ``behavioral_events``,
 3. times the **rollup stage** (``build_activity_daily`` + ``build_activity_monthly``) and the
    **snapshot stage** (``update_customer_state`` from the previous month's state, the month's
    rollups and the rollups leaving the running sums (``leaving_months(M)``) +
