@@ -4,7 +4,8 @@ identity graph, identity map and stitching (issue #8).
 Not a test: it prints figures. Each step runs in a fresh subprocess, so its peak RSS
 (``getrusage``) is its own. The steps call the segpipe library the way the assets do (ingestion
 with a scratch folder for the sorted month, the identity graph from the previous month's graph,
-the map from the graph), reading the inputs of a ``bench/features.py --keep`` lake and writing to a
+the map updated from the previous month's map with the graph's new links, or built from the graph
+in the first month), reading the inputs of a ``bench/features.py --keep`` lake and writing to a
 scratch folder that is deleted afterwards.
 
 Two reference runs in the same script put the figures in proportion:
@@ -12,7 +13,9 @@ Two reference runs in the same script put the figures in proportion:
 * ``read <source>``: Polars reading the month's raw file of the largest source whole
   (``read_ndjson`` / ``read_csv``), the least any ingestion of it could hold;
 * ``map from all links``: the identity map built straight from every month's links to date, as
-  segpipe did before ``identity_graph`` existed.
+  segpipe did before ``identity_graph`` existed;
+* ``map built from the graph``: the month's map built from the whole graph, what ``identity_map``
+  did every month before it was updated from the previous month's (the first month still does).
 
 Usage::
 
@@ -39,7 +42,8 @@ for p in (ROOT, ROOT / "bench"):
 
 SOURCES = ("orders", "product", "email", "web")
 STEPS = (*(f"ingest {s}" for s in SOURCES), "identity_links", "identity_graph", "identity_map",
-         "behavioral_events", "read product (reference)", "map from all links (reference)")
+         "behavioral_events", "read product (reference)", "map from all links (reference)",
+         "map built from the graph (reference)")
 
 
 def _month_keys(lake: Path) -> list[str]:
@@ -52,9 +56,10 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
 
     import features as B  # bench/features.py: config of the sample, pseudonymization key
     from segpipe.config import ScaleConfig
-    from segpipe.identity import build_identity_map, stitch_month, write_graph, write_links
+    from segpipe.identity import build_identity_map, stitch_month, update_identity_map, write_graph, write_links
     from segpipe.ingest import ingest_source
     from segpipe.lake import asset_path
+    from segpipe.timeutil import month_key, month_start, next_month
 
     lake, sample = base / "lake", base / "sample"
     keys = [k for k in _month_keys(lake) if k <= month]
@@ -63,6 +68,7 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
     def ingested():
         return pl.concat([pl.scan_parquet(asset_path(lake, f"{s}_ingested", month)) for s in SOURCES])
 
+    note = ""
     w0, c0 = time.perf_counter(), time.process_time()
     if step.startswith("ingest "):
         source = step.split()[1]
@@ -77,7 +83,18 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
         graph = write_graph(pl.scan_parquet(prev_graph), pl.scan_parquet(asset_path(lake, "identity_links", month)),
                             scratch / "graph", slice_rows=ScaleConfig().slice_rows)
         rows = graph.select(pl.len()).collect().item()
-    elif step == "identity_map":
+    elif step == "identity_map":  # as the asset: the previous month's map updated, or built in the first month
+        graph = pl.scan_parquet(scratch / "graph" / "*.parquet")
+        previous = asset_path(lake, "identity_map", month_key(next_month(month_start(month), -1)))
+        plan = (update_identity_map(pl.scan_parquet(previous), graph, since=month_start(month))
+                if previous.is_file() else None)
+        note = "updated from the previous map"
+        if plan is None:
+            note = "built from the graph (no matching previous map)"
+            plan = build_identity_map(graph, distinct=True, slice_rows=ScaleConfig().slice_rows).lazy()
+        plan.sink_parquet(scratch / "map.parquet", compression="lz4")
+        rows = pl.scan_parquet(scratch / "map.parquet").select(pl.len()).collect().item()
+    elif step == "map built from the graph (reference)":
         rows = build_identity_map(pl.scan_parquet(scratch / "graph" / "*.parquet"), distinct=True,
                                   slice_rows=ScaleConfig().slice_rows).height
     elif step == "behavioral_events":
@@ -98,7 +115,7 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
     else:
         raise SystemExit(f"unknown step {step!r}")
     return {"step": step, "rows": rows, "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "note": note}
 
 
 def prepare_previous_graph(base: Path, month: str, scratch: Path) -> float:
@@ -159,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         for step in (args.only.split(",") if args.only else STEPS):
             r = _subprocess(args, month, scratch, step)
             results.append(r)
-            print(f"  {step:34s} {r['rows']:>12,} rows  wall {r['wall']:7.1f} s  cpu {r['cpu']:7.1f} s  "
-                  f"peak {r['peak_mib']:7,.0f} MiB", flush=True)
+            print(f"  {step:38s} {r['rows']:>12,} rows  wall {r['wall']:7.1f} s  cpu {r['cpu']:7.1f} s  "
+                  f"peak {r['peak_mib']:7,.0f} MiB  {r['note']}".rstrip(), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     by = {r["step"]: r for r in results}
@@ -172,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
           f"ingest product / plain read of its file: {by['ingest product']['peak_mib'] / by['read product (reference)']['peak_mib']:.2f}x; "
           f"identity_graph + identity_map / map from all links: cpu "
           f"{(by['identity_graph']['cpu'] + by['identity_map']['cpu']) / by['map from all links (reference)']['cpu']:.2f}x, "
-          f"peak {max(by['identity_graph']['peak_mib'], by['identity_map']['peak_mib']) / by['map from all links (reference)']['peak_mib']:.2f}x")
+          f"peak {max(by['identity_graph']['peak_mib'], by['identity_map']['peak_mib']) / by['map from all links (reference)']['peak_mib']:.2f}x; "
+          f"identity_map / map built from the graph: wall "
+          f"{by['identity_map']['wall'] / by['map built from the graph (reference)']['wall']:.2f}x, "
+          f"peak {by['identity_map']['peak_mib'] / by['map built from the graph (reference)']['peak_mib']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"size": args.size, "month": month, "steps": results}, indent=1))
     return 0
