@@ -354,18 +354,18 @@ IDENTITY_KINDS = ("customer", "contact", "anonymous")
 def customer_identity(identity_map: pl.LazyFrame) -> pl.LazyFrame:
     """Per customer id, how well it is known: ``customer`` (one of your own customer ids),
     ``contact`` (an email, phone or app account, but no customer id) or ``anonymous`` (web
-    cookies only)."""
+    cookies only). Sorted by ``customer_id``.
+
+    Read from the map's invariants rather than every identifier of every customer: an id that is
+    one of yours has its own ``c:`` node (0 hops), and every identifier of a synthetic id has
+    ``hops`` -1. So the customers are the ``c:`` rows, and only the synthetic groups are grouped
+    (cookies kept for years make most of the map, and most of them belong to customers)."""
     node = pl.col("node")
-    return (
-        identity_map.group_by("customer_id")
-        .agg(
-            node.str.starts_with("c:").any().alias("__c"),
-            (node.str.starts_with("e:") | node.str.starts_with("p:") | node.str.starts_with("u:")).any().alias("__k"),
-        )
-        .select(
-            "customer_id",
-            pl.when("__c").then(pl.lit("customer")).when("__k").then(pl.lit("contact"))
-            .otherwise(pl.lit("anonymous")).alias("identity"),
-        )
-        .sort("customer_id")
+    own = identity_map.filter(node.str.starts_with("c:")).select("customer_id", pl.lit("customer").alias("identity"))
+    synthetic = (
+        identity_map.filter(pl.col("hops") < 0)
+        .group_by("customer_id")
+        .agg((~node.str.starts_with("a:")).any().alias("__k"))
+        .select("customer_id", pl.when("__k").then(pl.lit("contact")).otherwise(pl.lit("anonymous")).alias("identity"))
     )
+    return pl.concat([own, synthetic]).sort("customer_id")

@@ -10,6 +10,7 @@ from segpipe.identity import (
     LINK_SCHEMA,
     accumulate_links,
     build_identity_map,
+    customer_identity,
     identity_links,
     stitch_events,
     update_identity_map,
@@ -57,6 +58,26 @@ def test_identifiers_stitch_to_the_users_customer_id():
     assert cid["e:E3"] == cid["u:U3"] and cid["e:E3"].startswith("sp-")
     assert cid["a:A7"].startswith("sp-") and cid["a:A7"] != cid["e:E3"]
     assert imap["node"].is_sorted() and imap["node"].n_unique() == imap.height
+
+
+def _kinds_by_definition(imap: pl.DataFrame) -> pl.DataFrame:
+    """Each customer id's kind from all of its identifiers: any customer id, else any email, phone
+    or app account, else cookies only."""
+    node = pl.col("node")
+    return (imap.group_by("customer_id").agg(node.str.starts_with("c:").any().alias("c"),
+                                             node.str.contains("^[epu]:").any().alias("k"))
+            .select("customer_id", pl.when("c").then(pl.lit("customer")).when("k").then(pl.lit("contact"))
+                    .otherwise(pl.lit("anonymous")).alias("identity"))
+            .sort("customer_id"))
+
+
+def test_customer_identity_says_how_well_each_customer_is_known():
+    imap = build_identity_map(identity_links(_events([dict(e) for e in EVENTS])))
+    kinds = customer_identity(imap.lazy()).collect()
+    kind = dict(zip(kinds["customer_id"], kinds["identity"]))
+    cid = dict(zip(imap["node"], imap["customer_id"]))
+    assert kind == {"C1": "customer", "C2": "customer", cid["e:E3"]: "contact", cid["a:A7"]: "anonymous"}
+    assert kinds["customer_id"].is_sorted()
 
 
 def test_stitching_is_deterministic_and_order_independent():
@@ -152,6 +173,8 @@ def test_the_map_updated_month_by_month_equals_the_map_built_from_scratch(seed):
             assert imap.equals(scratch), f"month {m}"
         else:
             imap = scratch
+        # the kinds read from the map's invariants (c: rows, synthetic groups) match all identifiers'
+        assert customer_identity(imap.lazy()).collect().equals(_kinds_by_definition(imap)), f"month {m}"
 
 
 def test_the_update_cuts_an_anonymous_group_that_a_customer_id_reaches():
