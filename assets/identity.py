@@ -16,9 +16,8 @@ from segpipe.timeutil import month_key, month_start, next_month
 from segpipe.identity import (
     LINK_SCHEMA,
     MAP_SCHEMA,
-    build_identity_map,
+    month_map,
     stitch_month,
-    update_identity_map,
     write_graph,
     write_links,
 )
@@ -122,15 +121,9 @@ def build_identity_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
                 prev = month_key(next_month(month_start(pk), -1))
                 base = out.get(prev, previous_map.get(prev))
                 path = Path(scratch) / f"{pk}.parquet"
-                plan = None if base is None else update_identity_map(base, links, since=month_start(pk))
-                if plan is not None:
-                    built_from = "previous map + the month's new links"
-                    plan.sink_parquet(path, compression="lz4")
-                else:
-                    built_from = ("all links to date" if base is None
-                                  else "all links to date (the previous map does not match the graph)")
-                    build_identity_map(links, distinct=True, slice_rows=segpipe.config().scale.slice_rows
-                                       ).write_parquet(path, compression="lz4")
+                plan, built_from = month_map(base, links, since=month_start(pk),
+                                             slice_rows=segpipe.config().scale.slice_rows)
+                plan.sink_parquet(path, compression="lz4")
                 imap = pl.scan_parquet(path)
                 stats = imap.select(
                     pl.len().alias("rows"), pl.col("customer_id").null_count().alias("unmapped"),

@@ -56,7 +56,7 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
 
     import features as B  # bench/features.py: config of the sample, pseudonymization key
     from segpipe.config import ScaleConfig
-    from segpipe.identity import build_identity_map, stitch_month, update_identity_map, write_graph, write_links
+    from segpipe.identity import build_identity_map, month_map, stitch_month, write_graph, write_links
     from segpipe.ingest import ingest_source
     from segpipe.lake import asset_path
     from segpipe.timeutil import month_key, month_start, next_month
@@ -86,12 +86,8 @@ def run_step(step: str, base: Path, month: str, scratch: Path) -> dict:
     elif step == "identity_map":  # as the asset: the previous month's map updated, or built in the first month
         graph = pl.scan_parquet(scratch / "graph" / "*.parquet")
         previous = asset_path(lake, "identity_map", month_key(next_month(month_start(month), -1)))
-        plan = (update_identity_map(pl.scan_parquet(previous), graph, since=month_start(month))
-                if previous.is_file() else None)
-        note = "updated from the previous map"
-        if plan is None:
-            note = "built from the graph (no matching previous map)"
-            plan = build_identity_map(graph, distinct=True, slice_rows=ScaleConfig().slice_rows).lazy()
+        plan, note = month_map(pl.scan_parquet(previous) if previous.is_file() else None, graph,
+                               since=month_start(month), slice_rows=ScaleConfig().slice_rows)
         plan.sink_parquet(scratch / "map.parquet", compression="lz4")
         rows = pl.scan_parquet(scratch / "map.parquet").select(pl.len()).collect().item()
     elif step == "map built from the graph (reference)":

@@ -351,6 +351,21 @@ def stitch_month(events: pl.LazyFrame, identity_map: pl.LazyFrame, folder: Path,
 IDENTITY_KINDS = ("customer", "contact", "anonymous")
 
 
+def month_map(previous: pl.LazyFrame | None, graph: pl.LazyFrame, *, since: dt.datetime,
+              slice_rows: int) -> tuple[pl.LazyFrame, str]:
+    """The identity map of ``graph`` (the graph of the month starting at ``since``) and how it was
+    made: ``previous`` (the month before's map) updated with the links first seen from ``since``
+    on (:func:`update_identity_map`), or, with no previous map or one that does not match the
+    graph, built from the whole graph (:func:`build_identity_map`). Both give the same map; write
+    the plan with ``sink_parquet``."""
+    plan = None if previous is None else update_identity_map(previous, graph, since=since)
+    if plan is not None:
+        return plan, "previous map + the month's new links"
+    how = ("all links to date" if previous is None
+           else "all links to date (the previous map does not match the graph)")
+    return build_identity_map(graph, distinct=True, slice_rows=slice_rows).lazy(), how
+
+
 def customer_identity(identity_map: pl.LazyFrame) -> pl.LazyFrame:
     """Per customer id, how well it is known: ``customer`` (one of your own customer ids),
     ``contact`` (an email, phone or app account, but no customer id) or ``anonymous`` (web
