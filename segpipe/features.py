@@ -50,13 +50,23 @@ def cents(expr: pl.Expr) -> pl.Expr:
     return (expr * 100).round(0).cast(pl.Int64)
 
 
+def from_cents(expr: pl.Expr) -> pl.Expr:
+    """Whole cents back in currency units: the double nearest to ``cents / 100``.
+
+    Polars divides a column by a number as a multiplication by its inverse (4330 / 100 gives
+    43.300000000000004) but a one-row column exactly, so the last bit would depend on how the
+    engine cut the rows into chunks; rounding to cents afterwards gives the exact quotient always.
+    """
+    return (expr.cast(pl.Float64) / 100).round(2)
+
+
 def money_sum(expr: pl.Expr) -> pl.Expr:
     """Sum of money amounts in whole cents (exact integer arithmetic), back in currency units.
 
     Float sums depend on summation order in their last bits, which the streaming engine does not
     fix; summing integer cents makes every re-run byte-identical. Amounts are rounded to cents.
     """
-    return cents(expr).sum().cast(pl.Float64) / 100
+    return from_cents(cents(expr).sum())
 
 
 def _seasonal_columns(spec: FeaturesConfig) -> list[str]:
@@ -295,27 +305,25 @@ def rolling_from_monthly(monthly: pl.LazyFrame, *, month: str) -> pl.LazyFrame:
 
 
 def _leaving(previous: pl.LazyFrame, history: pl.LazyFrame | None, *, month: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """What leaves the running sums with ``month``: per customer, the amount to subtract from each
-    column of :data:`ROLLING_SPANS` (suffix ``__sub``), and the category rows of month M-12 with
-    negated orders and cents. Rows come from ``history`` (the rollups of :func:`leaving_months`);
-    a customer's leaving month counts only if it is not before the month of its ``first_seen`` in
+    """What leaves the running sums with ``month``: rows of the columns of :data:`ROLLING_SPANS`
+    with the amounts to subtract (negated), and the category rows of month M-12 with negated
+    orders and cents. Rows come from ``history`` (the rollups of :func:`leaving_months`); a
+    customer's leaving month counts only if it is not before the month of its ``first_seen`` in
     ``previous`` (an anonymous visitor that left the state and came back started over)."""
     m = month_start(month)
-    sub = {f"{c}__sub": pl.Int64() for c in ROLLING_SPANS}
     cat = {"customer_id": pl.String(), "category": pl.String(), "orders": pl.Int64(), "cents": pl.Int64()}
     if history is None:
-        return pl.LazyFrame(schema={"customer_id": pl.String(), **sub}), pl.LazyFrame(schema=cat)
+        return pl.LazyFrame(schema={"customer_id": pl.String(), **{c: pl.Int64() for c in ROLLING_SPANS}}), \
+            pl.LazyFrame(schema=cat)
     since = previous.select("customer_id", pl.col("first_seen").dt.truncate("1mo").dt.date().alias("__since"))
-    parts, cats = [], []
-    for k in LEAVING_OFFSETS:
-        gone = (history.filter(pl.col("month") == next_month(m, -k).date())
-                .join(since, on="customer_id", how="inner").filter(pl.col("month") >= pl.col("__since")))
-        parts.append(_span_rows(_month_quantities(gone), lambda n, k=k: 1 if n == k else 0))
-        if k == 12:
-            cats.append(_month_categories(gone).drop("month").with_columns(-pl.col("orders"), -pl.col("cents")))
-    minus = (pl.concat(parts).group_by("customer_id").agg(pl.col(list(ROLLING_SPANS)).sum())
-             .rename({c: f"{c}__sub" for c in ROLLING_SPANS}))
-    return minus, pl.concat(cats)
+    months = [next_month(m, -k).date() for k in LEAVING_OFFSETS]
+    gone = (history.filter(pl.col("month").is_in(months)).join(since, on="customer_id", how="inner")
+            .filter(pl.col("month") >= pl.col("__since")))
+    parts = [_span_rows(_month_quantities(gone.filter(pl.col("month") == mk)), lambda n, k=k: -1 if n == k else 0)
+             for k, mk in zip(LEAVING_OFFSETS, months)]
+    cats = (_month_categories(gone.filter(pl.col("month") == next_month(m, -12).date())).drop("month")
+            .with_columns(-pl.col("orders"), -pl.col("cents")))
+    return pl.concat(parts), cats
 
 
 def _category_lists(rows: pl.LazyFrame) -> pl.LazyFrame:
@@ -326,13 +334,39 @@ def _category_lists(rows: pl.LazyFrame) -> pl.LazyFrame:
             .agg(pl.struct("category", "orders", "cents").alias("category_12m")))
 
 
-def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
-    """State of the given daily rows alone (one month, or all of history at once).
+def _part_schema(spec: FeaturesConfig) -> dict[str, pl.DataType]:
+    """Columns of the rows :func:`_fold` folds into a state: each row is one day of a customer, a
+    previous state's row, or a month leaving the running sums."""
+    return {
+        "customer_id": pl.String(), "__src": pl.UInt8(),
+        **{c: STATE_SCHEMA[c] for c in (*_EARLIEST, *_LATEST)},
+        "longest_gap_days": pl.Int64(), **{c: pl.Int64() for c in _SUMS}, "first_day_cents": pl.Int64(),
+        "unsubscribed": pl.Boolean(), **{c: pl.Int64() for c in _seasonal_columns(spec)}, "identity": pl.String(),
+        **{c: pl.Int64() for c in ROLLING_SPANS},
+    }
 
-    The aggregations are masks (``when(cond).then(col)``) aggregated over whole columns, which
-    Polars runs on its grouped fast path; a ``filter`` inside an aggregation runs per group and
-    took twice as long. The daily rows have one row per customer and day."""
-    d = daily.sort("customer_id", "day")
+
+#: Kinds of rows folded into a state (column ``__src``).
+_PREVIOUS, _DAY, _LEAVING = 0, 1, 2
+_EARLIEST = ("first_seen", "first_active_day", "first_order_time", "first_order_day", "signup_time",
+             "first_key_action_time", "first_expansion_time")
+_LATEST = ("last_seen", "last_active_day", "last_order_time", "last_order_day")
+_SUMS = ("orders", "order_days", "cents", "invites")
+
+
+def _rows(frame: pl.LazyFrame, src: int, spec: FeaturesConfig, **cols: pl.Expr) -> pl.LazyFrame:
+    """``frame`` as rows of :func:`_part_schema`: the given columns, null for the others."""
+    schema = _part_schema(spec)
+    cols = {"__src": pl.lit(src, dtype=pl.UInt8), **cols}
+    return frame.select("customer_id", *[cols[c].cast(t).alias(c) if c in cols else pl.lit(None, dtype=t).alias(c)
+                                         for c, t in schema.items() if c != "customer_id"])
+
+
+def _day_rows(daily: pl.LazyFrame, spec: FeaturesConfig, *, rolling: bool) -> pl.LazyFrame:
+    """The daily rows (sorted by customer and day) as rows to fold. An active day carries the days
+    without activity since the customer's active day before (``longest_gap_days``); with
+    ``rolling`` (the rows are one month's) the rows carry the month's additions to the running sums,
+    the month's activity counted on the customer's first active day."""
     has_order = pl.col("orders") > 0
     active = pl.col("activity") > 0
     key = (pl.col("orders") > 0) | (pl.col("feature_uses") > 0)
@@ -341,39 +375,79 @@ def _month_state(daily: pl.LazyFrame, monthly: pl.LazyFrame, spec: FeaturesConfi
     def where(cond: pl.Expr, col: str) -> pl.Expr:
         return pl.when(cond).then(pl.col(col))
 
-    state = d.group_by("customer_id").agg(
-        pl.col("first_time").min().alias("first_seen"),
-        pl.col("last_time").max().alias("last_seen"),
-        where(active, "day").min().alias("first_active_day"),
-        where(active, "day").max().alias("last_active_day"),
-        where(has_order, "first_time").min().alias("first_order_time"),
-        where(has_order, "last_time").max().alias("last_order_time"),
-        where(has_order, "day").min().alias("first_order_day"),
-        where(has_order, "day").max().alias("last_order_day"),
-        pl.col("orders").sum().cast(pl.Int64).alias("orders"),
-        has_order.sum().cast(pl.Int64).alias("order_days"),
-        money_sum(pl.col("revenue")).alias("revenue"),
-        # rows are in day order within a customer: the first order row is the first order day's
-        money_sum(where(has_order, "revenue").drop_nulls().first()).alias("first_day_revenue"),
-        pl.col("invites").sum().cast(pl.Int64).alias("invites"),
-        where(pl.col("signups") > 0, "first_time").min().alias("signup_time"),
-        where(key, "first_time").min().alias("first_key_action_time"),
-        where(expand, "first_time").min().alias("first_expansion_time"),
-        (pl.col("unsubscribes") > 0).any().alias("unsubscribed"),
-        *[pl.col(c).sum().cast(pl.Int64).alias(c) for c in _seasonal_columns(spec)],
+    # the active day before this row and its customer (rows in customer and day order)
+    before = where(active, "day").shift(1).forward_fill()
+    same = active & (where(active, "customer_id").shift(1).forward_fill() == pl.col("customer_id")).fill_null(False)
+    quantity = {"orders": pl.col("orders"), "cents": cents(pl.col("revenue")),
+                "discount_orders": pl.col("discount_orders"), "active": active & ~same}
+    return _rows(
+        daily, _DAY, spec,
+        first_seen=pl.col("first_time"), last_seen=pl.col("last_time"),
+        first_active_day=where(active, "day"), last_active_day=where(active, "day"),
+        longest_gap_days=pl.when(same).then((pl.col("day") - before).dt.total_days() - 1),
+        first_order_time=where(has_order, "first_time"), last_order_time=where(has_order, "last_time"),
+        first_order_day=where(has_order, "day"), last_order_day=where(has_order, "day"),
+        orders=pl.col("orders"), order_days=has_order, cents=cents(pl.col("revenue")),
+        first_day_cents=pl.when(has_order).then(cents(pl.col("revenue"))),
+        invites=pl.col("invites"), signup_time=where(pl.col("signups") > 0, "first_time"),
+        first_key_action_time=where(key, "first_time"), first_expansion_time=where(expand, "first_time"),
+        unsubscribed=pl.col("unsubscribes") > 0,
+        **{c: pl.col(c) for c in _seasonal_columns(spec)},
+        **({c: quantity[q] for c, (q, _) in ROLLING_SPANS.items()} if rolling else {}),
     )
-    # longest run of days without activity between two active days: consecutive active rows of a customer
-    same = pl.col("customer_id") == pl.col("customer_id").shift(1)
-    gaps = (d.filter(active)
-            .select("customer_id", pl.when(same).then((pl.col("day") - pl.col("day").shift(1)).dt.total_days() - 1)
-                    .alias("gap"))
-            .group_by("customer_id").agg(pl.col("gap").max().alias("longest_gap_days")))
-    used = monthly.select("customer_id", pl.col("features_used")).explode("features_used").drop_nulls().group_by(
-        "customer_id").agg(pl.col("features_used").unique().sort())
-    return (state.join(gaps, on="customer_id", how="left")
-            .join(used, on="customer_id", how="left")
-            .with_columns(pl.col("longest_gap_days").fill_null(0).cast(pl.Int64),
-                          pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
+
+
+def _in_day_order(daily: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
+    """The columns of the daily rows :func:`_day_rows` reads, sorted by customer and day. Rollups
+    are written in that order, so they are only checked (a pass over two columns), not sorted."""
+    d = daily.select("customer_id", "day", "first_time", "last_time", "orders", "revenue", "discount_orders", "activity",
+                     "feature_uses", "invites", "upgrades", "signups", "unsubscribes", *_seasonal_columns(spec)).collect()
+    nxt = pl.col("customer_id").shift(-1)
+    ordered = ((pl.col("customer_id") < nxt) | ((pl.col("customer_id") == nxt) & (pl.col("day") <= pl.col("day").shift(-1))))
+    if not d.select(ordered.fill_null(True).all()).item():
+        d = d.sort("customer_id", "day")
+    return d.lazy()
+
+
+def _previous_rows(previous: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
+    """A previous state's rows as rows to fold."""
+    return _rows(
+        previous, _PREVIOUS, spec,
+        **{c: pl.col(c) for c in (*_EARLIEST, *_LATEST, "longest_gap_days", "orders", "order_days", "invites",
+                                  "unsubscribed", *_seasonal_columns(spec), "identity", *ROLLING_SPANS)},
+        cents=cents(pl.col("revenue")),
+        first_day_cents=pl.when(pl.col("first_order_day").is_not_null()).then(cents(pl.col("first_day_revenue"))),
+    )
+
+
+def _fold(rows: pl.LazyFrame, spec: FeaturesConfig, *, rolling: bool) -> pl.LazyFrame:
+    """One state row per customer from the rows of :func:`_part_schema`: earliest and latest times,
+    sums, the first order day's revenue and the longest gap between active days. Within a customer
+    the rows must come in time order (the previous state's row first, then the days in order):
+    Polars keeps the rows' order within each group."""
+    src = pl.col("__src")
+    out = rows.group_by("customer_id").agg(
+        *[pl.col(c).min() for c in _EARLIEST], *[pl.col(c).max() for c in _LATEST],
+        pl.col("longest_gap_days").max(),
+        # the gap between the previous state's last active day and the month's first one
+        (pl.when(src == _DAY).then(pl.col("first_active_day")).min()
+         - pl.when(src == _PREVIOUS).then(pl.col("last_active_day")).max()).dt.total_days().alias("__bridge"),
+        *[pl.col(c).sum() for c in (*_SUMS, *_seasonal_columns(spec))],
+        pl.col("first_day_cents").drop_nulls().first(),
+        pl.col("unsubscribed").any(), pl.col("identity").max(),
+        *([pl.col(list(ROLLING_SPANS)).sum()] if rolling else []),
+        (src == _PREVIOUS).any().alias("__known"),
+    )
+    return out.with_columns(
+        pl.max_horizontal("longest_gap_days", pl.col("__bridge") - 1).fill_null(0).alias("longest_gap_days"),
+        from_cents(pl.col("cents")).alias("revenue"), from_cents(pl.col("first_day_cents")).alias("first_day_revenue"),
+    ).drop("__bridge", "cents", "first_day_cents")
+
+
+def _features_used(monthly: pl.LazyFrame) -> pl.LazyFrame:
+    """``customer_id, features_used``: the distinct features of the monthly rows, sorted."""
+    return (monthly.select("customer_id", "features_used").explode("features_used").drop_nulls()
+            .group_by("customer_id").agg(pl.col("features_used").unique().sort()))
 
 
 def keep_current(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str, spec: FeaturesConfig) -> pl.LazyFrame:
@@ -415,9 +489,11 @@ def update_customer_state(
     ``spec.anonymous_retention_days``: they are not in the snapshots any more, and one that returns
     starts over."""
     schema = _state_schema(spec)
-    lifetime = [c for c in schema if c not in ROLLING_SCHEMA]
+    d = _in_day_order(daily, spec)
     if previous is None:
-        cur = _month_state(daily, monthly, spec)
+        cur = (_fold(_day_rows(d, spec, rolling=False), spec, rolling=False)
+               .drop("identity", "__known").join(_features_used(monthly), on="customer_id", how="left")
+               .with_columns(pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
         if identity is not None:
             cur = cur.join(identity.select("customer_id", "identity"), on="customer_id", how="left")
         last = month or monthly.select(pl.col("month").max()).collect().item().strftime("%Y-%m-%d")
@@ -435,70 +511,58 @@ def update_customer_state(
                              "pass the monthly rollups of the 12 months before")
         before = rolling_from_monthly(history, month=next_month(month_start(month), -1).strftime("%Y-%m-%d"))
         previous = _with_rolling(previous.drop(*ROLLING_SCHEMA, strict=False), before, None)
-    # each is read by several parts of the plan below: materialized once, not scanned per part
-    previous, monthly = previous.collect().lazy(), monthly.collect().lazy()
+    # each is read by several parts of the plan below: materialized once, not scanned per part. The
+    # state is written sorted by id; one that is not (a bucket of an older segpipe) is sorted here.
+    previous, monthly = previous.collect(), monthly.collect().lazy()
+    if not previous["customer_id"].is_sorted():
+        previous = previous.sort("customer_id")
     if history is not None:
         history = history.collect().lazy()
-    minus, gone_cats = _leaving(previous, history, month=month)
-    month_cats = _month_categories(monthly).drop("month")
-    plus = _month_quantities(monthly).select(
-        "customer_id", *[pl.col(src).alias(f"{col}__add") for col, (src, _) in ROLLING_SPANS.items()])
-    cur = _month_state(daily, monthly, spec).collect().lazy()
-    p = previous.select(*lifetime, *ROLLING_SCHEMA)
+    minus, gone_cats = _leaving(previous.lazy(), history, month=month)
+
+    # The scalar columns: one group-by over the previous state's rows, the month's day rows and the
+    # rows leaving the running sums, no joins. The list columns change for few customers:
+    # they stay in id order (the previous state's, less the changed rows, plus the changed and new
+    # rows, sorted) and join the sorted scalars side by side (gathering lists in a join's order costs
+    # ten times the scalars).
+    rows = pl.concat([_previous_rows(previous.lazy(), spec), _day_rows(d, spec, rolling=True),
+                      _rows(minus, _LEAVING, spec, **{c: pl.col(c) for c in ROLLING_SPANS})])
+    merged = _fold(rows, spec, rolling=True).sort("customer_id").collect()
+    new = merged.lazy().filter(~pl.col("__known")).select("customer_id")  # ids first seen this month (or starting over)
+    if identity is not None:  # customers new this month get their identity kind
+        kinds = merged.lazy().select("customer_id").join(
+            new.join(identity, on="customer_id", how="inner"), on="customer_id", how="left", maintain_order="left")
+        merged = merged.with_columns(pl.coalesce(pl.col("identity"), kinds.collect()["identity"]))
 
     # Category lists and feature lists change only for the customers with rows this month (or leaving):
     # recomputed for those alone, the others keep theirs.
+    month_cats = _month_categories(monthly).drop("month")
     touched = pl.concat([month_cats.select("customer_id"), gone_cats.select("customer_id")]).unique()
     cats = touched.join(_category_lists(pl.concat([
-        previous.join(touched, on="customer_id", how="semi").select("customer_id", "category_12m")
+        previous.lazy().join(touched, on="customer_id", how="semi").select("customer_id", "category_12m")
         .explode("category_12m").unnest("category_12m").drop_nulls("category"),
         month_cats, gone_cats])), on="customer_id", how="left").select(
-        "customer_id", pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)).alias("__cats"))
-    new_used = cur.select("customer_id", "features_used").filter(pl.col("features_used").list.len() > 0)
-    used = new_used.join(previous.select("customer_id", pl.col("features_used").alias("__old")), on="customer_id",
-                         how="left").select(
-        "customer_id", pl.col("__old").fill_null(pl.lit([], dtype=pl.List(pl.String)))
-        .list.set_union("features_used").list.sort().alias("__used"))
-    # everything the month brings, narrow frames joined first, then one join with the (wide) state
-    delta = cur.drop("features_used")
-    for part in (plus, minus, cats, used):
-        delta = delta.join(part, on="customer_id", how="full", coalesce=True)
-    j = p.join(delta, on="customer_id", how="full", coalesce=True, suffix="_new")
+        "customer_id", pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)))
+    # the month's rollup has one row per customer, its features distinct and sorted
+    used = monthly.select("customer_id", "features_used").filter(pl.col("features_used").list.len() > 0).join(
+        previous.lazy().select("customer_id", pl.col("features_used").alias("__old")), on="customer_id", how="left"
+    ).select("customer_id", pl.col("__old").fill_null(pl.lit([], dtype=pl.List(pl.String)))
+             .list.set_union("features_used").list.sort().alias("features_used"))
 
-    def earliest(c: str) -> pl.Expr:
-        return pl.min_horizontal(c, f"{c}_new").alias(c)
+    def in_id_order(col: str, changed: pl.LazyFrame) -> pl.Series:
+        changed = changed.collect()
+        ids = changed["customer_id"].implode()
+        rows = pl.concat([
+            previous.lazy().select("customer_id", col).filter(~pl.col("customer_id").is_in(ids)),
+            changed.lazy(),
+            new.filter(~pl.col("customer_id").is_in(ids)).with_columns(pl.lit([], dtype=schema[col]).alias(col)),
+        ]).collect().sort("customer_id")
+        if not rows["customer_id"].equals(merged["customer_id"]):  # would be a bug above, never a data problem
+            raise AssertionError(f"update_customer_state {month[:7]}: {col} rows do not line up with the merged state")
+        return rows[col]
 
-    def latest(c: str) -> pl.Expr:
-        return pl.max_horizontal(c, f"{c}_new").alias(c)
-
-    def total(c: str) -> pl.Expr:
-        return (pl.col(c).fill_null(0) + pl.col(f"{c}_new").fill_null(0)).alias(c)
-
-    bridge = (pl.col("first_active_day_new") - pl.col("last_active_day")).dt.total_days() - 1
-    merged = j.select(
-        "customer_id",
-        earliest("first_seen"), latest("last_seen"), earliest("first_active_day"), latest("last_active_day"),
-        pl.max_horizontal("longest_gap_days", "longest_gap_days_new", bridge).fill_null(0).cast(pl.Int64)
-        .alias("longest_gap_days"),
-        earliest("first_order_time"), latest("last_order_time"), earliest("first_order_day"), latest("last_order_day"),
-        total("orders"), total("order_days"), (total("revenue") * 100).round(0) / 100, total("invites"),
-        pl.when(pl.col("first_order_day").is_not_null()).then(pl.col("first_day_revenue"))
-        .otherwise(pl.col("first_day_revenue_new")).alias("first_day_revenue"),
-        earliest("signup_time"), earliest("first_key_action_time"), earliest("first_expansion_time"),
-        (pl.col("unsubscribed").fill_null(False) | pl.col("unsubscribed_new").fill_null(False)).alias("unsubscribed"),
-        pl.coalesce("__used", "features_used", pl.lit([], dtype=pl.List(pl.String))).alias("features_used"),
-        *[total(c) for c in _seasonal_columns(spec)],
-        "identity",
-        *[(pl.col(c).fill_null(0) + pl.col(f"{c}__add").fill_null(0) - pl.col(f"{c}__sub").fill_null(0)).alias(c)
-          for c in ROLLING_SPANS],
-        pl.coalesce("__cats", "category_12m", pl.lit([], dtype=_CATEGORY_12M)).alias("category_12m"),
-    )
-    if identity is not None:  # customers new this month get their identity kind
-        new_ids = cur.select("customer_id").join(p, on="customer_id", how="anti").join(
-            identity.select("customer_id", pl.col("identity").alias("__kind")), on="customer_id", how="inner")
-        merged = merged.join(new_ids, on="customer_id", how="left").with_columns(
-            pl.coalesce("identity", "__kind").alias("identity")).drop("__kind")
-    return merged.select(list(schema)).cast(schema).sort("customer_id")
+    return merged.with_columns(in_id_order("category_12m", cats), in_id_order("features_used", used)).lazy().select(
+        list(schema)).cast(schema)
 
 
 def _with_rolling(lifetime: pl.LazyFrame, rolling: pl.LazyFrame,
@@ -794,9 +858,9 @@ def build_features(
         .with_columns(
             (pl.col("orders_12m") - pl.col("orders_early365")).alias("orders_365d"),
             (pl.col("discount_orders_12m") - pl.col("discount_early365")).alias("discount_orders_365d"),
-            (pl.col("cents_90d").cast(pl.Float64) / 100).alias("revenue_90d"),
-            ((pl.col("cents_12m") - pl.col("cents_early365")).cast(pl.Float64) / 100).alias("revenue_365d"),
-            ((pl.col("cents_6m") - pl.col("cents_early180") - pl.col("cents_90d")).cast(pl.Float64) / 100)
+            from_cents(pl.col("cents_90d")).alias("revenue_90d"),
+            from_cents(pl.col("cents_12m") - pl.col("cents_early365")).alias("revenue_365d"),
+            from_cents(pl.col("cents_6m") - pl.col("cents_early180") - pl.col("cents_90d"))
             .alias("revenue_prev_90d"),
             pl.col("active_months_12m").alias("active_months_12"), pl.col("active_months_6m").alias("active_months_6"),
         )

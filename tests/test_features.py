@@ -15,6 +15,7 @@ from segpipe.features import (
     build_activity_monthly,
     build_features,
     feature_schema,
+    from_cents,
     update_customer_state,
 )
 from segpipe.timeutil import month_key, month_range, month_start, next_month
@@ -397,6 +398,82 @@ def test_running_sums_keep_long_windows_exact_as_months_leave_them(long_sample):
         assert (got["dominant_category"].fill_null("-") == got["dom"].fill_null("-")).all(), m
         checked += got.height
     assert checked > 2000
+
+
+def _monthly_states(events: pl.DataFrame, months: list[str], *, shuffle: bool = False):
+    """(month, daily rows, monthly rows, state) of the incremental path, as the customer_state asset
+    runs it (every id a customer). ``shuffle`` hands every input over in a random row order."""
+    state, monthlies = None, []
+    for i, m in enumerate(months):
+        mev = events.filter(pl.col("event_time").dt.truncate("1mo") == month_start(m)).lazy()
+        d = build_activity_daily(mev, spec=SPEC).collect()
+        mo = build_activity_monthly(mev, month=m, daily=d.lazy()).collect()
+        ids = pl.concat([d.select("customer_id")] + ([state.select("customer_id")] if state is not None else [])).unique()
+        ident = ids.with_columns(pl.lit("customer").alias("identity"))
+        prev, dd = state, d
+        if shuffle:
+            prev = state.sample(fraction=1.0, shuffle=True, seed=i) if state is not None else None
+            dd = d.sample(fraction=1.0, shuffle=True, seed=100 + i)
+        state = update_customer_state(prev.lazy() if prev is not None else None, dd.lazy(), mo.lazy(), spec=SPEC,
+                                      identity=ident.lazy(), month=m,
+                                      history=pl.concat(monthlies).lazy() if monthlies else None).collect()
+        monthlies.append(mo)
+        yield m, d, mo, state
+
+
+def test_incremental_state_equals_a_from_scratch_state(long_sample):
+    """The monthly state update (the previous state's rows, the month's day rows and the months
+    leaving the running sums folded in one group-by; the list columns kept in id order) gives,
+    column for column, the state built in one go from all events so far."""
+    months = month_range("2023-11", "2025-03")
+    dailies, monthlies, checked = [], [], 0
+    for m, d, mo, inc in _monthly_states(long_sample, months):
+        dailies.append(d)
+        monthlies.append(mo)
+        if m not in ("2023-11-01", "2024-02-01", "2024-05-01", "2024-11-01", "2025-03-01"):
+            continue
+        daily = pl.concat(dailies)
+        ident = daily.select("customer_id").unique().with_columns(pl.lit("customer").alias("identity"))
+        scratch = update_customer_state(None, daily.lazy(), pl.concat(monthlies).lazy(), spec=SPEC,
+                                        identity=ident.lazy(), month=m).collect()
+        assert_frame_equal(inc, scratch)
+        assert inc["customer_id"].is_sorted() and inc["customer_id"].is_unique().all()
+        # what the fold must get right beyond sums: a customer without orders has no first-day revenue,
+        # lists changed for some customers and kept for others
+        assert inc.filter(pl.col("orders") == 0)["first_day_revenue"].null_count() == (inc["orders"] == 0).sum()
+        checked += inc.height
+    assert checked > 800
+    assert (inc["features_used"].list.len() > 0).sum() > 50 and (inc["category_12m"].list.len() > 1).sum() > 20
+
+
+def test_the_state_does_not_depend_on_the_order_of_its_input_rows(long_sample):
+    """Rollups and states are written sorted, but an input in another order (a bucket written by
+    an older segpipe, a hand-made file) must give the same state: the update sorts what is not."""
+    months = month_range("2023-11", "2024-12")
+    ordered = [s for *_, s in _monthly_states(long_sample, months)]
+    shuffled = [s for *_, s in _monthly_states(long_sample, months, shuffle=True)]
+    for m, a, b in zip(months, ordered, shuffled):
+        assert_frame_equal(a, b)
+
+
+def test_money_from_cents_is_the_exact_quotient_whatever_the_chunking():
+    """Polars divides a column by a number as a multiplication by the inverse, except in a one-row
+    column: 4330 / 100 came out as 43.300000000000004 or 43.3 depending on how the engine cut the
+    rows. from_cents gives the double nearest to the quotient in every case."""
+    import numpy as np
+
+    values = np.random.default_rng(7).integers(-10**9, 10**9, 200_001).tolist() + [4330, 18745, 63181, 1, -1, 0]
+    exact = [v / 100 for v in values]
+    assert pl.DataFrame({"c": values}).select(from_cents(pl.col("c")))["c"].to_list() == exact
+    for v in (4330, 18745):
+        assert pl.DataFrame({"c": [v]}).select(from_cents(pl.col("c"))).item() == v / 100
+        assert pl.DataFrame({"c": [v, v]}).select(from_cents(pl.col("c")))["c"].to_list() == [v / 100] * 2
+    # and the state's money: 43.30 on one day, 144.15 the next
+    events = frame([ev("A", "2025-01-05 10:00:00", amount=43.3), ev("A", "2025-01-06 10:00:00", amount=144.15),
+                    ev("B", "2025-01-05 11:00:00", amount=43.3)])
+    state = next(s for *_, s in _monthly_states(events, ["2025-01-01"]))
+    assert state.select("customer_id", "revenue", "first_day_revenue").rows() == [
+        ("A", 18745 / 100, 4330 / 100), ("B", 4330 / 100, 4330 / 100)]
 
 
 def test_leap_day_365_day_window_starts_on_the_second():
