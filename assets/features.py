@@ -51,7 +51,7 @@ _ROLLUP_DESCRIPTIONS = {
     "last_active_day": "Last day with activity.", "longest_gap_days": "Longest run of idle days between two active days.",
     "first_order_time": "First order.", "last_order_time": "Last order.", "first_order_day": "UTC day of the first order.",
     "last_order_day": "UTC day of the last order.", "order_days": "Distinct days with an order.",
-    "first_day_revenue": "Revenue on the first order day (for the BTYD monetary value).",
+    "first_day_revenue": "Revenue on the first order day (for the BTYD monetary value; null without orders).",
     "signup_time": "First signup.", "first_key_action_time": "First order or feature use.",
     "first_expansion_time": "First invite or upgrade.", "unsubscribed": "Unsubscribed from email at any time.",
     "day": "UTC day.", "first_time": "First event time of the day.", "last_time": "Last event time of the day.",
