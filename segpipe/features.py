@@ -340,7 +340,7 @@ def _part_schema(spec: FeaturesConfig) -> dict[str, pl.DataType]:
     return {
         "customer_id": pl.String(), "__src": pl.UInt8(),
         **{c: STATE_SCHEMA[c] for c in (*_EARLIEST, *_LATEST)},
-        "longest_gap_days": pl.Int64(), **{c: pl.Int64() for c in _SUMS}, "first_day_cents": pl.Int64(),
+        "longest_gap_days": pl.Int64(), **{c: pl.Int64() for c in _SUMS}, "first_day_key": pl.Int64(),
         "unsubscribed": pl.Boolean(), **{c: pl.Int64() for c in _seasonal_columns(spec)}, "identity": pl.String(),
         **{c: pl.Int64() for c in ROLLING_SPANS},
     }
@@ -352,6 +352,19 @@ _EARLIEST = ("first_seen", "first_active_day", "first_order_time", "first_order_
              "first_key_action_time", "first_expansion_time")
 _LATEST = ("last_seen", "last_active_day", "last_order_time", "last_order_day")
 _SUMS = ("orders", "order_days", "cents", "invites")
+_CENTS_BITS = 41  # amounts of a day in (-2**40, 2**40) cents
+
+
+def _day_and_cents(day: pl.Expr, amount: pl.Expr) -> pl.Expr:
+    """A day and an amount (whole cents) packed in one integer that orders by day: the smallest of
+    a customer's packed values holds its first day's amount. A group-by finds it as a plain min
+    (``sort_by``/``first`` would need the rows in order and held in memory)."""
+    return day.cast(pl.Int32).cast(pl.Int64) * 2**_CENTS_BITS + amount + 2**(_CENTS_BITS - 1)
+
+
+def _cents_of(packed: pl.Expr) -> pl.Expr:
+    """The amount of :func:`_day_and_cents`."""
+    return packed - (packed // 2**_CENTS_BITS) * 2**_CENTS_BITS - 2**(_CENTS_BITS - 1)
 
 
 def _rows(frame: pl.LazyFrame, src: int, spec: FeaturesConfig, **cols: pl.Expr) -> pl.LazyFrame:
@@ -388,7 +401,7 @@ def _day_rows(daily: pl.LazyFrame, spec: FeaturesConfig, *, rolling: bool) -> pl
         first_order_time=where(has_order, "first_time"), last_order_time=where(has_order, "last_time"),
         first_order_day=where(has_order, "day"), last_order_day=where(has_order, "day"),
         orders=pl.col("orders"), order_days=has_order, cents=cents(pl.col("revenue")),
-        first_day_cents=pl.when(has_order).then(cents(pl.col("revenue"))),
+        first_day_key=pl.when(has_order).then(_day_and_cents(pl.col("day"), cents(pl.col("revenue")))),
         invites=pl.col("invites"), signup_time=where(pl.col("signups") > 0, "first_time"),
         first_key_action_time=where(key, "first_time"), first_expansion_time=where(expand, "first_time"),
         unsubscribed=pl.col("unsubscribes") > 0,
@@ -416,15 +429,15 @@ def _previous_rows(previous: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame
         **{c: pl.col(c) for c in (*_EARLIEST, *_LATEST, "longest_gap_days", "orders", "order_days", "invites",
                                   "unsubscribed", *_seasonal_columns(spec), "identity", *ROLLING_SPANS)},
         cents=cents(pl.col("revenue")),
-        first_day_cents=pl.when(pl.col("first_order_day").is_not_null()).then(cents(pl.col("first_day_revenue"))),
+        first_day_key=_day_and_cents(pl.col("first_order_day"), cents(pl.col("first_day_revenue"))),
     )
 
 
 def _fold(rows: pl.LazyFrame, spec: FeaturesConfig, *, rolling: bool) -> pl.LazyFrame:
     """One state row per customer from the rows of :func:`_part_schema`: earliest and latest times,
-    sums, the first order day's revenue and the longest gap between active days. Within a customer
-    the rows must come in time order (the previous state's row first, then the days in order):
-    Polars keeps the rows' order within each group."""
+    sums, the first order day's revenue and the longest gap between active days. No aggregate
+    depends on the rows' order (the day rows carry their gaps), so the streaming engine folds
+    them as they come."""
     src = pl.col("__src")
     out = rows.group_by("customer_id").agg(
         *[pl.col(c).min() for c in _EARLIEST], *[pl.col(c).max() for c in _LATEST],
@@ -433,15 +446,15 @@ def _fold(rows: pl.LazyFrame, spec: FeaturesConfig, *, rolling: bool) -> pl.Lazy
         (pl.when(src == _DAY).then(pl.col("first_active_day")).min()
          - pl.when(src == _PREVIOUS).then(pl.col("last_active_day")).max()).dt.total_days().alias("__bridge"),
         *[pl.col(c).sum() for c in (*_SUMS, *_seasonal_columns(spec))],
-        pl.col("first_day_cents").drop_nulls().first(),
+        pl.col("first_day_key").min(),
         pl.col("unsubscribed").any(), pl.col("identity").max(),
         *([pl.col(list(ROLLING_SPANS)).sum()] if rolling else []),
         (src == _PREVIOUS).any().alias("__known"),
     )
     return out.with_columns(
         pl.max_horizontal("longest_gap_days", pl.col("__bridge") - 1).fill_null(0).alias("longest_gap_days"),
-        from_cents(pl.col("cents")).alias("revenue"), from_cents(pl.col("first_day_cents")).alias("first_day_revenue"),
-    ).drop("__bridge", "cents", "first_day_cents")
+        from_cents(pl.col("cents")).alias("revenue"), from_cents(_cents_of(pl.col("first_day_key"))).alias("first_day_revenue"),
+    ).drop("__bridge", "cents", "first_day_key")
 
 
 def _features_used(monthly: pl.LazyFrame) -> pl.LazyFrame:

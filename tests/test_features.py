@@ -476,6 +476,25 @@ def test_money_from_cents_is_the_exact_quotient_whatever_the_chunking():
         ("A", 18745 / 100, 4330 / 100), ("B", 4330 / 100, 4330 / 100)]
 
 
+def test_first_day_amount_packed_with_its_day_is_found_by_a_plain_min():
+    """The state's first-order-day revenue is the min of day-and-cents packed in one integer (so a
+    streaming group-by needs no row order): the packing must order by day whatever the amounts
+    (negative ones too, days before 1970 too) and give the amount back exactly."""
+    from segpipe.features import _cents_of, _day_and_cents
+
+    days = [dt.date(1969, 12, 31), dt.date(1970, 1, 1), dt.date(2024, 2, 29), dt.date(2026, 10, 31)]
+    amounts = [-(2**40) + 1, -1, 0, 1, 4330, 2**40 - 1]
+    f = pl.DataFrame([(d, a) for d in days for a in amounts], schema={"day": pl.Date, "c": pl.Int64}, orient="row")
+    packed = f.with_columns(k=_day_and_cents(pl.col("day"), pl.col("c")))
+    assert packed.select(_cents_of(pl.col("k")))["k"].to_list() == f["c"].to_list()
+    # any amount on an earlier day packs below every amount on a later day
+    by_day = packed.group_by("day").agg(pl.col("k").min().alias("lo"), pl.col("k").max().alias("hi")).sort("day")
+    assert (by_day["hi"].head(3) < by_day["lo"].tail(3)).all()
+    shuffled = packed.sample(fraction=1.0, shuffle=True, seed=3).with_columns(g=pl.col("day") >= dt.date(2024, 1, 1))
+    firsts = shuffled.group_by("g").agg(_cents_of(pl.col("k").min()).alias("c"), pl.col("day").min()).sort("g")
+    assert firsts.rows() == [(False, -(2**40) + 1, dt.date(1969, 12, 31)), (True, -(2**40) + 1, dt.date(2024, 2, 29))]
+
+
 def test_leap_day_365_day_window_starts_on_the_second():
     """365 days before 1 Apr 2024 is 2 Apr 2023: an order on 1 Apr 2023 is outside the window, one on
     2 Apr 2023 inside, although both are in the 12 months the running sums hold."""
