@@ -38,6 +38,8 @@ Usage::
     .venv/bin/python bench/features.py --quick
     .venv/bin/python bench/features.py --sizes 20000,200000 --budget-minutes 25
     .venv/bin/python bench/features.py            # 20k, 200k, 1M (1M: ~18 GB of sample)
+    # after a --keep run: time the single-month refreshes again without building all months again
+    .venv/bin/python bench/features.py --sizes 1000000 --reuse-upstream --reuse-features --keep --repeat 5
 """
 
 from __future__ import annotations
@@ -341,15 +343,15 @@ class StopAfter(Exception):
 
 
 def run_size(customers: int, months: int, out: Path, result_path: Path, repeat: int, check_glob: bool,
-             reuse_upstream: bool, stop_after: str | None = None) -> None:
+             reuse_upstream: bool, stop_after: str | None = None, reuse_features: bool = False) -> None:
     try:
-        _run_size(customers, months, out, result_path, repeat, check_glob, reuse_upstream, stop_after)
+        _run_size(customers, months, out, result_path, repeat, check_glob, reuse_upstream, stop_after, reuse_features)
     except StopAfter:
         log(f"  stopped after phase {stop_after!r} (--stop-after)")
 
 
 def _run_size(customers: int, months: int, out: Path, result_path: Path, repeat: int, check_glob: bool,
-              reuse_upstream: bool, stop_after: str | None) -> None:
+              reuse_upstream: bool, stop_after: str | None, reuse_features: bool = False) -> None:
     res: dict = {"customers": customers, "months": months, "phases_done": [], "code": code_fingerprint()}
 
     def save(phase: str) -> None:
@@ -394,20 +396,31 @@ def _run_size(customers: int, months: int, out: Path, result_path: Path, repeat:
 
     events = {k: pl.scan_parquet(asset_path(lake, "behavioral_events", k)).select(pl.len()).collect().item() for k in keys}
     res["events"] = events
-    for asset in ("customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features"):
-        shutil.rmtree(lake / asset, ignore_errors=True)
-
-    # sequential run: every month, as a month-by-month backfill would
-    roll, snap = Stage("rollup"), Stage("snapshot")
-    customers_per_month = {}
-    for k in keys:
-        roll.run(k, lambda: rollup(lake, k, spec, lake))
-        customers_per_month[k] = snap.run(k, lambda: snapshot(lake, k, keys[0], spec, lake)).parts["_rows"]["customers"]
-        log(f"  {k[:7]}: {events[k]:>11,} events  rollup {roll.per_month[k]['wall']:6.2f}s  "
-            f"snapshot {snap.per_month[k]['wall']:6.2f}s  state {customers_per_month[k]:,} customers  "
-            f"rss {max(roll.per_month[k]['rss_mib'], snap.per_month[k]['rss_mib']):,.0f} MiB")
-    res["rollup"], res["snapshot"] = roll.summary(), snap.summary()
-    res["state_customers"] = customers_per_month
+    built = lake / "features.json"  # the sequential run's figures, for --reuse-features
+    feature_assets = ("customer_activity_daily", "customer_activity_monthly", "customer_state", "customer_features")
+    if reuse_features and built.is_file() and all(asset_path(lake, a, k).is_file() for a in feature_assets for k in keys):
+        seq = json.loads(built.read_text())
+        res["rollup"], res["snapshot"], res["state_customers"] = seq["rollup"], seq["snapshot"], seq["state_customers"]
+        res["features_built_by"] = seq["code"]
+        customers_per_month = seq["state_customers"]
+        log(f"  sequential feature build reused from an earlier run (its timings are that run's; features.py "
+            f"{seq['code']['features.py']}, now {res['code']['features.py']})")
+    else:
+        for asset in feature_assets:
+            shutil.rmtree(lake / asset, ignore_errors=True)
+        built.unlink(missing_ok=True)
+        # sequential run: every month, as a month-by-month backfill would
+        roll, snap = Stage("rollup"), Stage("snapshot")
+        customers_per_month = {}
+        for k in keys:
+            roll.run(k, lambda: rollup(lake, k, spec, lake))
+            customers_per_month[k] = snap.run(k, lambda: snapshot(lake, k, keys[0], spec, lake)).parts["_rows"]["customers"]
+            log(f"  {k[:7]}: {events[k]:>11,} events  rollup {roll.per_month[k]['wall']:6.2f}s  "
+                f"snapshot {snap.per_month[k]['wall']:6.2f}s  state {customers_per_month[k]:,} customers  "
+                f"rss {max(roll.per_month[k]['rss_mib'], snap.per_month[k]['rss_mib']):,.0f} MiB")
+        res["rollup"], res["snapshot"] = roll.summary(), snap.summary()
+        res["state_customers"] = customers_per_month
+        built.write_text(json.dumps({k: res[k] for k in ("code", "rollup", "snapshot", "state_customers")}, default=str))
     save("features")
 
     # refresh of single months from their inputs on disk (outputs to a scratch folder)
@@ -513,6 +526,9 @@ def report(results: list[dict], skipped: list[str]) -> str:
             loads = [v["load"] for st in ("rollup", "snapshot") for v in r[st]["per_month"].values()]
             lines.append(f"feature store, all {m} months in sequence ({total_ev:,} events; 1-min load average during "
                          f"the stages {min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores):")
+            if "features_built_by" in r:
+                lines.append(f"  (reused from an earlier run, features.py {r['features_built_by']['features.py']}; "
+                             f"the refreshes below ran features.py {r['code']['features.py']})")
             lines.append(hdr)
             for name in ("rollup", "snapshot"):
                 st = r[name]
@@ -608,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop starting sizes (and stop a running one) past this total wall time")
     ap.add_argument("--keep", action="store_true", help="keep the generated samples and lake (default: delete each size's folder when done)")
     ap.add_argument("--reuse-upstream", action="store_true", help="reuse the behavioral events of an earlier --keep run")
+    ap.add_argument("--reuse-features", action="store_true",
+                    help="with --reuse-upstream: reuse the rollups, states and features of an earlier --keep run "
+                         "instead of building all months again; only the single-month refreshes and the reference "
+                         "are timed, and the refreshes are compared with that run's features")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures as JSON here")
     ap.add_argument("--stop-after", choices=PHASES, default=None,
                     help="stop each size after this phase (e.g. 'upstream' to prepare a sample and its lake "
@@ -625,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if a.one is not None:
-        run_size(a.one, a.months, a.out, a.result, a.repeat, a.check_glob, a.reuse_upstream, a.stop_after)
+        run_size(a.one, a.months, a.out, a.result, a.repeat, a.check_glob, a.reuse_upstream, a.stop_after, a.reuse_features)
         return 0
 
     sizes = [20_000] if a.quick else [int(s) for s in a.sizes.split(",") if s.strip()]
@@ -655,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.append("--check-glob")
         if a.reuse_upstream:
             cmd.append("--reuse-upstream")
+        if a.reuse_features:
+            cmd.append("--reuse-features")
         if a.stop_after:
             cmd += ["--stop-after", a.stop_after]
         started = time.perf_counter()
