@@ -406,6 +406,9 @@ def _run_size(customers: int, months: int, out: Path, result_path: Path, repeat:
         log(f"  sequential feature build reused from an earlier run (its timings are that run's; features.py "
             f"{seq['code']['features.py']}, now {res['code']['features.py']})")
     else:
+        if reuse_features:
+            log(f"  --reuse-features: no complete earlier build in {lake} ({built.name} or a month's files missing), "
+                "building all months")
         for asset in feature_assets:
             shutil.rmtree(lake / asset, ignore_errors=True)
         built.unlink(missing_ok=True)
