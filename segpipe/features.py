@@ -526,11 +526,13 @@ def update_customer_state(
         previous = _with_rolling(previous.drop(*ROLLING_SCHEMA, strict=False), before, None)
     # each is read by several parts of the plan below: materialized once, not scanned per part. The
     # state is written sorted by id; one that is not (a bucket of an older segpipe) is sorted here.
-    previous, monthly = previous.collect(), monthly.collect().lazy()
+    previous = previous.collect()
+    monthly = monthly.select("customer_id", "month", "category_revenue", "features_used").collect().lazy()
     if not previous["customer_id"].is_sorted():
         previous = previous.sort("customer_id")
-    if history is not None:
-        history = history.collect().lazy()
+    if history is not None:  # only the columns the running sums read (7 of the rollup's 25)
+        history = history.select("customer_id", "month", "orders", "revenue", "discount_orders", "activity",
+                                 "category_revenue").collect().lazy()
     minus, gone_cats = _leaving(previous.lazy(), history, month=month)
 
     # The scalar columns: one group-by over the previous state's rows, the month's day rows and the
