@@ -467,9 +467,9 @@ def keep_current(frame: pl.LazyFrame, identity: pl.LazyFrame, *, month: str, spe
     """``frame`` (with ``customer_id`` and ``last_seen``) with each id's ``identity`` of ``month``:
     only the ids still in the identity map (identity stitching has merged the others into another
     customer), less the anonymous visitors idle for more than ``spec.anonymous_retention_days``
-    at the end of ``month``."""
+    at the end of ``month``. Rows stay in the order of ``frame``."""
     out = frame.drop("identity", strict=False).join(identity.select("customer_id", "identity"), on="customer_id",
-                                                    how="inner")
+                                                    how="inner", maintain_order="left")
     if spec.anonymous_retention_days is None:
         return out
     return out.filter(~idle_anonymous(pl.col("identity") == "anonymous", month=month, spec=spec))

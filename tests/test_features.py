@@ -16,6 +16,7 @@ from segpipe.features import (
     build_features,
     feature_schema,
     from_cents,
+    keep_current,
     update_customer_state,
 )
 from segpipe.timeutil import month_key, month_range, month_start, next_month
@@ -419,6 +420,29 @@ def _monthly_states(events: pl.DataFrame, months: list[str], *, shuffle: bool = 
                                       history=pl.concat(monthlies).lazy() if monthlies else None).collect()
         monthlies.append(mo)
         yield m, d, mo, state
+
+
+def test_keep_current_drops_merged_ids_and_idle_visitors_in_the_state_order():
+    """The previous state keeps its row order (its merge relies on it), gets each id's kind of the
+    month, and loses the ids stitching merged away and the anonymous visitors idle for longer than
+    the retention (90 days before the end of 2025-03 is 2025-01-01)."""
+    ts = lambda y, m, d: dt.datetime(y, m, d, tzinfo=UTC)  # noqa: E731
+    state = pl.DataFrame({
+        "customer_id": ["c9", "a1", "m5", "a2", "b3"],  # deliberately not sorted
+        "last_seen": [ts(2024, 1, 5), ts(2024, 12, 31), ts(2025, 3, 1), ts(2025, 1, 1), ts(2025, 2, 2)],
+        "identity": ["customer", "anonymous", "contact", "anonymous", "anonymous"],
+        "orders": [3, 0, 1, 0, 0],
+    }, schema_overrides={"last_seen": pl.Datetime("us", "UTC")})
+    identity = pl.DataFrame({"customer_id": ["a1", "a2", "b3", "c9", "z0"],  # m5 merged into another id
+                             "identity": ["anonymous", "anonymous", "contact", "customer", "anonymous"]})
+    out = keep_current(state.lazy(), identity.lazy(), month="2025-03-01", spec=SPEC).collect()
+    # c9: a customer idle for a year stays; a1: anonymous, idle since before 2025-01-01, leaves; m5: merged
+    # away; a2: anonymous, last seen exactly on the cut, stays; b3 gained an email (contact) and stays
+    assert out.select("customer_id", "identity", "orders").rows() == [
+        ("c9", "customer", 3), ("a2", "anonymous", 0), ("b3", "contact", 0)]
+    kept = keep_current(state.lazy(), identity.lazy(), month="2025-03-01",
+                        spec=FeaturesConfig(anonymous_retention_days=None)).collect()
+    assert kept["customer_id"].to_list() == ["c9", "a1", "a2", "b3"]
 
 
 def test_incremental_state_equals_a_from_scratch_state(long_sample):
