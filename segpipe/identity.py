@@ -369,7 +369,7 @@ def month_map(previous: pl.LazyFrame | None, graph: pl.LazyFrame, *, since: dt.d
 def customer_identity(identity_map: pl.LazyFrame) -> pl.LazyFrame:
     """Per customer id, how well it is known: ``customer`` (one of your own customer ids),
     ``contact`` (an email, phone or app account, but no customer id) or ``anonymous`` (web
-    cookies only). Sorted by ``customer_id``.
+    cookies only). In no set order: callers join it (sorting the ids cost more than the rest).
 
     Read from the map's invariants rather than every identifier of every customer: an id that is
     one of yours has its own ``c:`` node (0 hops), and every identifier of a synthetic id has
@@ -383,4 +383,4 @@ def customer_identity(identity_map: pl.LazyFrame) -> pl.LazyFrame:
         .agg((~node.str.starts_with("a:")).any().alias("__k"))
         .select("customer_id", pl.when("__k").then(pl.lit("contact")).otherwise(pl.lit("anonymous")).alias("identity"))
     )
-    return pl.concat([own, synthetic]).sort("customer_id")
+    return pl.concat([own, synthetic])
