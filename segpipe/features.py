@@ -318,7 +318,7 @@ def _leaving(previous: pl.LazyFrame, history: pl.LazyFrame | None, *, month: str
     since = previous.select("customer_id", pl.col("first_seen").dt.truncate("1mo").dt.date().alias("__since"))
     months = [next_month(m, -k).date() for k in LEAVING_OFFSETS]
     gone = (history.filter(pl.col("month").is_in(months)).join(since, on="customer_id", how="inner")
-            .filter(pl.col("month") >= pl.col("__since")))
+            .filter(pl.col("month") >= pl.col("__since"))).collect().lazy()  # read by both results
     parts = [_span_rows(_month_quantities(gone.filter(pl.col("month") == mk)), lambda n, k=k: -1 if n == k else 0)
              for k, mk in zip(LEAVING_OFFSETS, months)]
     cats = (_month_categories(gone.filter(pl.col("month") == next_month(m, -12).date())).drop("month")
@@ -551,12 +551,12 @@ def update_customer_state(
 
     # Category lists and feature lists change only for the customers with rows this month (or leaving):
     # recomputed for those alone, the others keep theirs.
-    month_cats = _month_categories(monthly).drop("month")
+    month_cats, gone_cats = _month_categories(monthly).drop("month").collect(), gone_cats.collect()
     touched = pl.concat([month_cats.select("customer_id"), gone_cats.select("customer_id")]).unique()
-    cats = touched.join(_category_lists(pl.concat([
-        previous.lazy().join(touched, on="customer_id", how="semi").select("customer_id", "category_12m")
-        .explode("category_12m").unnest("category_12m").drop_nulls("category"),
-        month_cats, gone_cats])), on="customer_id", how="left").select(
+    old_cats = (previous.select("customer_id", "category_12m").filter(pl.col("customer_id").is_in(touched["customer_id"].implode()))
+                .explode("category_12m").unnest("category_12m").drop_nulls("category"))
+    cats = touched.lazy().join(_category_lists(pl.concat([old_cats.lazy(), month_cats.lazy(), gone_cats.lazy()])),
+                               on="customer_id", how="left").select(
         "customer_id", pl.col("category_12m").fill_null(pl.lit([], dtype=_CATEGORY_12M)))
     # the month's rollup has one row per customer, its features distinct and sorted
     used = monthly.select("customer_id", "features_used").filter(pl.col("features_used").list.len() > 0).join(
