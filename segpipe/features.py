@@ -327,7 +327,8 @@ def _leaving(previous: pl.LazyFrame, history: pl.LazyFrame | None, *, month: str
 
 
 def _category_lists(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """``customer_id, category_12m`` from signed category rows (categories left with orders)."""
+    """``customer_id, category_12m`` from signed category rows (categories left with orders), each
+    list sorted by category (:func:`build_features` relies on it)."""
     return (rows.group_by("customer_id", "category").agg(pl.col("orders", "cents").sum())
             .filter(pl.col("orders") > 0).sort("customer_id", "category")
             .group_by("customer_id", maintain_order=True)
@@ -883,15 +884,17 @@ def build_features(
     )
     win = short.join(long, on="customer_id", how="full", coalesce=True).with_columns(
         (pl.col("active_days_90d").fill_null(0) - pl.col("active_days_30d").fill_null(0)).alias("active_days_prev_60d"))
+    # A state's category list is sorted by category (:func:`_category_lists`) and a group keeps its
+    # rows' order, so the first category with the most spend is the alphabetically first of a tie and
+    # the shares come out in category order without sorting (joined onto the state in its order).
     cats = (
         state.select("customer_id", "category_12m").explode("category_12m").unnest("category_12m")
         .drop_nulls("category")
         # integer cents: the total does not depend on summation order, so re-runs match
         .with_columns((pl.col("cents") / pl.col("cents").sum().over("customer_id")).alias("share"))
-        .sort("customer_id", "cents", "category", descending=[False, True, False])
-        .group_by("customer_id", maintain_order=True)
-        .agg(pl.col("category").first().alias("dominant_category"),
-             pl.struct("category", "share").sort_by("category").alias("category_share"))
+        .group_by("customer_id")
+        .agg(pl.col("category").get(pl.col("cents").arg_max()).alias("dominant_category"),
+             pl.struct("category", "share").alias("category_share"))
     )
 
     def zero(*cols: str) -> list[pl.Expr]:

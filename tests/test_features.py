@@ -422,6 +422,22 @@ def _monthly_states(events: pl.DataFrame, months: list[str], *, shuffle: bool = 
         yield m, d, mo, state
 
 
+def test_dominant_category_of_a_tie_is_the_first_in_alphabetical_order():
+    """Equal spend in three categories, bought in reverse alphabetical order over three months: the
+    dominant category is the alphabetically first, the shares come in category order."""
+    events = frame([
+        ev("H", "2025-02-03 10:00:00", amount=30.0, category="toys"),
+        ev("H", "2025-03-03 10:00:00", amount=30.0, category="fashion"),
+        ev("H", "2025-04-03 10:00:00", amount=30.0, category="books"),
+        ev("H", "2025-04-04 10:00:00", amount=10.0, category="toys"),
+        ev("H", "2025-04-05 10:00:00", amount=10.0, category="fashion"),
+    ])
+    h = row(features_for(events, "2025-04", first="2025-02"), "H")
+    assert h["dominant_category"] == "fashion"  # 40 in fashion and toys, 30 in books
+    assert [d["category"] for d in h["category_share"]] == ["books", "fashion", "toys"]
+    assert [d["share"] for d in h["category_share"]] == pytest.approx([0.27272727, 0.36363636, 0.36363636])
+
+
 def test_keep_current_drops_merged_ids_and_idle_visitors_in_the_state_order():
     """The previous state keeps its row order (its merge relies on it), gets each id's kind of the
     month, and loses the ids stitching merged away and the anonymous visitors idle for longer than
