@@ -112,13 +112,13 @@ def build_feature_assets(config: SegpipeConfig) -> list[dg.AssetsDefinition]:
         if keys[0] == first_partition:
             prev = None
         elif prev_key in previous_state:
-            prev = previous_state[prev_key].collect()
+            prev = previous_state[prev_key]  # read by update_customer_state together with the month's inputs
         else:
             raise FileNotFoundError(
                 f"customer_state for {prev_key[:7]} is missing: materialize customer_state from "
                 f"{first_partition[:7]} up to {keys[0][:7]} (it accumulates month by month)")
         for pk in keys:
-            if prev is None or all(c in prev.columns for c in ROLLING_SCHEMA):
+            if prev is None or all(c in prev.collect_schema().names() for c in ROLLING_SCHEMA):
                 wanted = leaving_months(pk)
             else:  # upgrade: a state written before the running sums existed gets them from 12 months of rollups
                 wanted = month_range(month_key(next_month(month_start(pk), -12)), month_key(next_month(month_start(pk), -1)))

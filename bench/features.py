@@ -296,7 +296,7 @@ def snapshot(lake: Path, pk: str, first: str, spec, out: Path) -> Timer:
     leaving = [pl.scan_parquet(src("customer_activity_monthly", k)) for k in leaving_months(pk)
                if src("customer_activity_monthly", k).is_file()]
     with t("update_customer_state"):
-        prev = None if pk == first else pl.scan_parquet(src("customer_state", prev_key)).collect().lazy()
+        prev = None if pk == first else pl.scan_parquet(src("customer_state", prev_key))
         state = update_customer_state(
             prev, pl.scan_parquet(src("customer_activity_daily", pk)), pl.scan_parquet(src("customer_activity_monthly", pk)),
             spec=spec, identity=customer_identity(pl.scan_parquet(asset_path(lake, "identity_map", pk))), month=pk,

@@ -411,11 +411,16 @@ def _day_rows(daily: pl.LazyFrame, spec: FeaturesConfig, *, rolling: bool) -> pl
     )
 
 
+def _fold_day_columns(spec: FeaturesConfig) -> list[str]:
+    """The columns of the daily rows :func:`_day_rows` reads."""
+    return ["customer_id", "day", "first_time", "last_time", "orders", "revenue", "discount_orders", "activity",
+            "feature_uses", "invites", "upgrades", "signups", "unsubscribes", *_seasonal_columns(spec)]
+
+
 def _in_day_order(daily: pl.LazyFrame, spec: FeaturesConfig) -> pl.LazyFrame:
     """The columns of the daily rows :func:`_day_rows` reads, sorted by customer and day. Rollups
     are written in that order, so they are only checked (a pass over two columns), not sorted."""
-    d = daily.select("customer_id", "day", "first_time", "last_time", "orders", "revenue", "discount_orders", "activity",
-                     "feature_uses", "invites", "upgrades", "signups", "unsubscribes", *_seasonal_columns(spec)).collect()
+    d = daily.select(_fold_day_columns(spec)).collect()
     nxt = pl.col("customer_id").shift(-1)
     ordered = ((pl.col("customer_id") < nxt) | ((pl.col("customer_id") == nxt) & (pl.col("day") <= pl.col("day").shift(-1))))
     if not d.select(ordered.fill_null(True).all()).item():
@@ -503,8 +508,8 @@ def update_customer_state(
     ``spec.anonymous_retention_days``: they are not in the snapshots any more, and one that returns
     starts over."""
     schema = _state_schema(spec)
-    d = _in_day_order(daily, spec)
     if previous is None:
+        d = _in_day_order(daily, spec)
         cur = (_fold(_day_rows(d, spec, rolling=False), spec, rolling=False)
                .drop("identity", "__known").join(_features_used(monthly), on="customer_id", how="left")
                .with_columns(pl.col("features_used").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
@@ -515,8 +520,19 @@ def update_customer_state(
         return _with_rolling(cur, roll, schema)
     if month is None:
         raise ValueError("update_customer_state: month is required with a previous state")
+    # The inputs read by several parts of the plan below are materialized once, not scanned per part,
+    # and together: their reads and decoding overlap.
+    inputs = {"previous": previous, "daily": daily.select(_fold_day_columns(spec)),
+              "monthly": monthly.select("customer_id", "month", "category_revenue", "features_used")}
     if identity is not None:
-        identity = identity.select("customer_id", "identity").collect().lazy()  # read by two parts of the plan
+        inputs["identity"] = identity.select("customer_id", "identity")
+    if history is not None:  # only the columns the running sums read (7 of the rollup's 25)
+        inputs["history"] = history.select("customer_id", "month", "orders", "revenue", "discount_orders", "activity",
+                                           "category_revenue")
+    got = dict(zip(inputs, (f.lazy() for f in pl.collect_all(list(inputs.values())))))
+    previous, monthly, identity, history = got["previous"], got["monthly"], got.get("identity"), got.get("history")
+    d = _in_day_order(got["daily"], spec)
+    if identity is not None:
         previous = keep_current(previous, identity, month=month, spec=spec)
     if not all(c in previous.collect_schema().names() for c in ROLLING_SCHEMA):
         # a state written before the running sums existed: rebuild them from the 12 rollups before
@@ -525,15 +541,10 @@ def update_customer_state(
                              "pass the monthly rollups of the 12 months before")
         before = rolling_from_monthly(history, month=next_month(month_start(month), -1).strftime("%Y-%m-%d"))
         previous = _with_rolling(previous.drop(*ROLLING_SCHEMA, strict=False), before, None)
-    # each is read by several parts of the plan below: materialized once, not scanned per part. The
-    # state is written sorted by id; one that is not (a bucket of an older segpipe) is sorted here.
+    # The state is written sorted by id; one that is not (a bucket of an older segpipe) is sorted here.
     previous = previous.collect()
-    monthly = monthly.select("customer_id", "month", "category_revenue", "features_used").collect().lazy()
     if not previous["customer_id"].is_sorted():
         previous = previous.sort("customer_id")
-    if history is not None:  # only the columns the running sums read (7 of the rollup's 25)
-        history = history.select("customer_id", "month", "orders", "revenue", "discount_orders", "activity",
-                                 "category_revenue").collect().lazy()
     minus, gone_cats = _leaving(previous.lazy(), history, month=month)
 
     # The scalar columns: one group-by over the previous state's rows, the month's day rows and the
@@ -543,16 +554,13 @@ def update_customer_state(
     # ten times the scalars).
     rows = pl.concat([_previous_rows(previous.lazy(), spec), _day_rows(d, spec, rolling=True),
                       _rows(minus, _LEAVING, spec, **{c: pl.col(c) for c in ROLLING_SPANS})])
-    merged = _fold(rows, spec, rolling=True).sort("customer_id").collect()
+    # with the month's category rows (independent of the fold): computed side by side
+    merged, month_cats, gone_cats = pl.collect_all([_fold(rows, spec, rolling=True).sort("customer_id"),
+                                                    _month_categories(monthly).drop("month"), gone_cats])
     new = merged.lazy().filter(~pl.col("__known")).select("customer_id")  # ids first seen this month (or starting over)
-    if identity is not None:  # customers new this month get their identity kind
-        kinds = merged.lazy().select("customer_id").join(
-            new.join(identity, on="customer_id", how="inner"), on="customer_id", how="left", maintain_order="left")
-        merged = merged.with_columns(pl.coalesce(pl.col("identity"), kinds.collect()["identity"]))
 
     # Category lists and feature lists change only for the customers with rows this month (or leaving):
     # recomputed for those alone, the others keep theirs.
-    month_cats, gone_cats = _month_categories(monthly).drop("month").collect(), gone_cats.collect()
     touched = pl.concat([month_cats.select("customer_id"), gone_cats.select("customer_id")]).unique()
     old_cats = (previous.select("customer_id", "category_12m").filter(pl.col("customer_id").is_in(touched["customer_id"].implode()))
                 .explode("category_12m").unnest("category_12m").drop_nulls("category"))
@@ -565,19 +573,26 @@ def update_customer_state(
     ).select("customer_id", pl.col("__old").fill_null(pl.lit([], dtype=pl.List(pl.String)))
              .list.set_union("features_used").list.sort().alias("features_used"))
 
-    def in_id_order(col: str, changed: pl.LazyFrame) -> pl.Series:
-        changed = changed.collect()
+    def in_id_order(col: str, changed: pl.DataFrame) -> pl.LazyFrame:
         ids = changed["customer_id"].implode()
-        rows = pl.concat([
+        return pl.concat([
             previous.lazy().select("customer_id", col).filter(~pl.col("customer_id").is_in(ids)),
             changed.lazy(),
             new.filter(~pl.col("customer_id").is_in(ids)).with_columns(pl.lit([], dtype=schema[col]).alias(col)),
-        ]).collect().sort("customer_id")
+        ]).sort("customer_id")
+
+    lists = ("category_12m", "features_used")
+    kinds = [] if identity is None else [  # customers new this month get their identity kind
+        merged.lazy().select("customer_id").join(new.join(identity, on="customer_id", how="inner"), on="customer_id",
+                                                 how="left", maintain_order="left")]
+    done = pl.collect_all([cats, used, *kinds])  # side by side, as below
+    if kinds:
+        merged = merged.with_columns(pl.coalesce(pl.col("identity"), done[2]["identity"]))
+    lists_in_order = pl.collect_all([in_id_order(c, ch) for c, ch in zip(lists, done[:2])])
+    for col, rows in zip(lists, lists_in_order):
         if not rows["customer_id"].equals(merged["customer_id"]):  # would be a bug above, never a data problem
             raise AssertionError(f"update_customer_state {month[:7]}: {col} rows do not line up with the merged state")
-        return rows[col]
-
-    return merged.with_columns(in_id_order("category_12m", cats), in_id_order("features_used", used)).lazy().select(
+    return merged.with_columns(rows[col] for col, rows in zip(lists, lists_in_order)).lazy().select(
         list(schema)).cast(schema)
 
 
