@@ -495,7 +495,8 @@ def update_customer_state(
 ) -> pl.LazyFrame:
     """State after ``month``: the ``previous`` month's state merged with the month's daily and
     monthly rows. ``previous=None`` builds the state from scratch (the rows may span many months;
-    ``month`` defaults to the last of them).
+    ``month`` defaults to the last of them). Pass the previous state as a scan rather than
+    collecting it first: it is read together with the month's inputs.
 
     The state holds lifetime aggregates and the running sums of :data:`ROLLING_SCHEMA` (last 12
     and 6 months). With a ``previous`` state, ``history`` gives the monthly rollups leaving the
