@@ -549,6 +549,33 @@ def test_leap_day_365_day_window_starts_on_the_second():
     assert (g["orders_365d"], g["revenue_365d"], g["active_months_12"]) == (1, 11.0, 1)
 
 
+def test_the_state_update_reads_its_inputs_from_files_as_the_asset_does(long_sample, tmp_path):
+    """The asset hands the update scans of Parquet files (the previous state among them, read together
+    with the month's inputs): each month's state from scans equals the one from frames in memory,
+    also when the previous state's file is not sorted by id (a bucket of an older segpipe)."""
+    months = month_range("2023-11", "2024-12")
+    states = {m: s for m, *_, s in _monthly_states(long_sample, months)}
+    monthlies = []
+    for i, (m, d, mo, _) in enumerate(_monthly_states(long_sample, months)):
+        files = {}
+        for name, frame_ in (("daily", d), ("monthly", mo)):
+            files[name] = tmp_path / f"{name}-{m}.parquet"
+            frame_.write_parquet(files[name])
+        if i:
+            prev = states[months[i - 1]]
+            files["previous"] = tmp_path / f"state-{months[i - 1]}.parquet"
+            (prev.sample(fraction=1.0, shuffle=True, seed=i) if i % 2 else prev).write_parquet(files["previous"])
+        ident = pl.concat([d.select("customer_id")] + ([states[months[i - 1]].select("customer_id")] if i else [])
+                          ).unique().with_columns(pl.lit("customer").alias("identity"))
+        got = update_customer_state(
+            pl.scan_parquet(files["previous"]) if i else None, pl.scan_parquet(files["daily"]),
+            pl.scan_parquet(files["monthly"]), spec=SPEC, identity=ident.lazy(), month=m,
+            history=pl.concat([pl.scan_parquet(f) for f in monthlies]) if monthlies else None).collect()
+        assert_frame_equal(got, states[m])
+        monthlies.append(files["monthly"])
+    assert states[months[-1]].height > 100 and states[months[-1]]["orders_12m"].sum() > 0
+
+
 def test_a_state_written_before_the_running_sums_is_upgraded_from_the_rollups(long_sample):
     """A lake whose customer_state predates the running sums keeps working: the next month rebuilds
     them from the 12 monthly rollups before it, and from then on the state equals one built with
