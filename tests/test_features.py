@@ -554,9 +554,10 @@ def test_the_state_update_reads_its_inputs_from_files_as_the_asset_does(long_sam
     with the month's inputs): each month's state from scans equals the one from frames in memory,
     also when the previous state's file is not sorted by id (a bucket of an older segpipe)."""
     months = month_range("2023-11", "2024-12")
-    states = {m: s for m, *_, s in _monthly_states(long_sample, months)}
+    chain = list(_monthly_states(long_sample, months))  # the in-memory path, built once
+    states = {m: s for m, *_, s in chain}
     monthlies = []
-    for i, (m, d, mo, _) in enumerate(_monthly_states(long_sample, months)):
+    for i, (m, d, mo, _) in enumerate(chain):
         files = {}
         for name, frame_ in (("daily", d), ("monthly", mo)):
             files[name] = tmp_path / f"{name}-{m}.parquet"
