@@ -542,10 +542,9 @@ def update_customer_state(
                              "pass the monthly rollups of the 12 months before")
         before = rolling_from_monthly(history, month=next_month(month_start(month), -1).strftime("%Y-%m-%d"))
         previous = _with_rolling(previous.drop(*ROLLING_SCHEMA, strict=False), before, None)
-    # The state is written sorted by id; one that is not (a bucket of an older segpipe) is sorted here.
+    # Nothing below depends on the previous state's row order (the fold is a group-by, the list columns
+    # are put in id order), so a state not sorted by id (a bucket of an older segpipe) needs no sort.
     previous = previous.collect()
-    if not previous["customer_id"].is_sorted():
-        previous = previous.sort("customer_id")
     minus, gone_cats = _leaving(previous.lazy(), history, month=month)
 
     # The scalar columns: one group-by over the previous state's rows, the month's day rows and the
