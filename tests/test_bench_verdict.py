@@ -1,0 +1,41 @@
+"""The verdict of bench/features.py on the refresh target (month last / month 1 <= 1.5), from one
+process and from the median of several: the arithmetic that decides what the benchmark prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "bench" / "features.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_target_holds_only_when_wall_and_cpu_are_both_within_it(bench):
+    assert bench.verdict(1.5, 1.49) == "holds"  # the bound itself is within the target
+    assert bench.verdict(1.51, 1.6) == "FAILS"
+    assert bench.verdict(1.45, 1.52).startswith("UNCLEAR")
+    assert bench.verdict(1.52, 1.45).startswith("UNCLEAR")
+
+
+def test_ratios_per_process_pair_each_processes_own_months(bench):
+    procs = [
+        {"2024-11-01": {"total": 0.30, "min_cpu": 0.50}, "2026-10-01": {"total": 0.45, "min_cpu": 0.80}},
+        {"2024-11-01": {"total": 0.40, "min_cpu": 0.60}, "2026-10-01": {"total": 0.52, "min_cpu": 0.84}},
+        {"2024-11-01": {"total": 0.32, "min_cpu": 0.52}, "2026-10-01": {"total": 0.52, "min_cpu": 0.78}},
+    ]
+    walls, cpus = bench.process_ratios(procs, "2024-11-01", "2026-10-01")
+    assert walls == pytest.approx([1.5, 1.3, 1.625])
+    assert cpus == pytest.approx([1.6, 1.4, 1.5])
+    # the median of the processes, not the best of all months across processes (0.52 / 0.30 = 1.73)
+    assert statistics.median(walls) == pytest.approx(1.5)
+    assert bench.verdict(statistics.median(walls), statistics.median(cpus)) == "holds"
