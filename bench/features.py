@@ -370,6 +370,12 @@ def time_refreshes(lake: Path, keys: list[str], spec, repeat: int, scratch: Path
     return runs, rss, probe
 
 
+def refresh_figures(runs: list[dict]) -> dict[str, float]:
+    """Best wall, least cpu and median wall of one month's refresh runs (:func:`time_refreshes`)."""
+    return {"total": min(x["total"] for x in runs), "min_cpu": min(x["cpu"] for x in runs),
+            "median_total": statistics.median(x["total"] for x in runs)}
+
+
 def refresh_only(customers: int, months: int, out: Path, result_path: Path, repeat: int) -> None:
     """``--refresh-only``: time the single-month refreshes again on the lake of an earlier run of
     this size (a fresh process: between processes the ratio moves more than between the repeats of
@@ -378,9 +384,7 @@ def refresh_only(customers: int, months: int, out: Path, result_path: Path, repe
     keys = month_range(START, month_key(next_month(month_start(START), months - 1)))
     runs, _, _ = time_refreshes(base / "lake", keys, base_config().features, repeat, base / "refresh-again")
     shutil.rmtree(base / "refresh-again", ignore_errors=True)
-    result_path.write_text(json.dumps({k: {"total": min(x["total"] for x in xs), "min_cpu": min(x["cpu"] for x in xs),
-                                           "median_total": statistics.median(x["total"] for x in xs)}
-                                       for k, xs in runs.items()}))
+    result_path.write_text(json.dumps({k: refresh_figures(xs) for k, xs in runs.items()}))
 
 
 def run_size(customers: int, months: int, out: Path, result_path: Path, repeat: int, check_glob: bool,
@@ -476,8 +480,7 @@ def _run_size(customers: int, months: int, out: Path, result_path: Path, repeat:
         identical &= pl.read_parquet(asset_path(scratch / k, "customer_features", k)).equals(
             pl.read_parquet(asset_path(lake, "customer_features", k)))
         best = min(runs[k], key=lambda x: x["total"])
-        refresh[k] = {**best, "median_total": statistics.median(x["total"] for x in runs[k]),
-                      "min_cpu": min(x["cpu"] for x in runs[k]), "events": events[k],
+        refresh[k] = {**best, **refresh_figures(runs[k]), "events": events[k],
                       "state_customers": customers_per_month[k], "rss_mib": rss[k],
                       "daily_rows_in_window": best["parts"]["s._rows"]["daily_rows_in_window"]}
         log(f"  refresh {k[:7]}: total {best['total']:.2f}s (median {refresh[k]['median_total']:.2f}s) "
@@ -743,8 +746,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result_path = a.out / f"result_c{n}_m{a.months}.json"
         result_path.unlink(missing_ok=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--months", str(a.months),
-               "--out", str(a.out), "--result", str(result_path), "--repeat", str(a.repeat)]
+        one = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--months", str(a.months),
+               "--out", str(a.out), "--repeat", str(a.repeat)]
+        cmd = [*one, "--result", str(result_path)]
         if i == 0:
             cmd.append("--check-glob")
         if a.reuse_upstream:
@@ -764,14 +768,14 @@ def main(argv: list[str] | None = None) -> int:
         if status:
             skipped.append(f"{n:,} customers: incomplete ({status}); phases done: {r['phases_done']}")
         if a.processes > 1 and "refresh" in r["phases_done"]:
-            r["refresh_processes"] = [{k: {x: v[x] for x in ("total", "min_cpu", "median_total")}
+            r["refresh_processes"] = [{k: {x: v[x] for x in ("total", "min_cpu", "median_total")}  # as refresh_figures
                                        for k, v in r["refresh"].items()}]
             again = a.out / f"refresh_c{n}_m{a.months}.json"
             for _ in range(a.processes - 1):
                 again.unlink(missing_ok=True)
                 try:
-                    subprocess.run([*cmd[:cmd.index("--result")], "--result", str(again), "--repeat", str(a.repeat),
-                                    "--refresh-only"], timeout=max(budget - (time.perf_counter() - t0), 1), check=True)
+                    subprocess.run([*one, "--result", str(again), "--refresh-only"],
+                                   timeout=max(budget - (time.perf_counter() - t0), 1), check=True)
                 except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
                     skipped.append(f"{n:,} customers: refresh timing in a fresh process stopped ({e})")
                     break

@@ -589,10 +589,10 @@ def update_customer_state(
     if kinds:
         merged = merged.with_columns(pl.coalesce(pl.col("identity"), done[2]["identity"]))
     lists_in_order = pl.collect_all([in_id_order(c, ch) for c, ch in zip(lists, done[:2])])
-    for col, rows in zip(lists, lists_in_order):
-        if not rows["customer_id"].equals(merged["customer_id"]):  # would be a bug above, never a data problem
+    for col, ordered in zip(lists, lists_in_order):
+        if not ordered["customer_id"].equals(merged["customer_id"]):  # would be a bug above, never a data problem
             raise AssertionError(f"update_customer_state {month[:7]}: {col} rows do not line up with the merged state")
-    return merged.with_columns(rows[col] for col, rows in zip(lists, lists_in_order)).lazy().select(
+    return merged.with_columns(ordered[col] for col, ordered in zip(lists, lists_in_order)).lazy().select(
         list(schema)).cast(schema)
 
 
