@@ -5,7 +5,8 @@ Not a test: it prints figures. ``bench/features.py`` times the refresh of month 
 wall and cpu seconds. On a small shared VM the same code gives ratios from 1.35 to 1.63 between
 processes (bench/RESULTS.md), the spread being as wide as the distance to the target. This script
 counts the instructions instead, with Valgrind's cachegrind (``--cache-sim=no``: the count only),
-the way SQLite tracks its performance: the count repeats to within a few parts in ten thousand.
+the way SQLite tracks its performance: the count repeats to within a few parts in a thousand
+(the ratio to ±0.005).
 
 How: for each month, two fresh processes run under cachegrind on the lake of an earlier
 ``bench/features.py --keep`` run. One refreshes the month once, the other twice (rollup + snapshot
@@ -43,6 +44,16 @@ HERE = Path(__file__).resolve()
 _SUMMARY = re.compile(r"^summary:\s+(\d+)\s*$", re.MULTILINE)
 
 
+def bench_features():
+    """``bench/features.py`` (imported late: the parent process needs only its helpers, after the arguments)."""
+    for p in (ROOT, ROOT / "bench"):
+        if str(p) not in sys.path:
+            sys.path.insert(0, str(p))
+    import features  # bench/features.py
+
+    return features
+
+
 def cachegrind_total(text: str, source: str = "cachegrind output") -> int:
     """The instruction count (``Ir``) of a cachegrind output file's ``summary:`` line."""
     m = _SUMMARY.search(text)
@@ -75,11 +86,7 @@ def count(size: int, months: int, out: Path, month: str, times: int, stage: str,
 
 def child(a: argparse.Namespace) -> int:
     """Refresh one month ``a.times`` times in this process (run under cachegrind by :func:`count`)."""
-    for p in (ROOT, ROOT / "bench"):
-        if str(p) not in sys.path:
-            sys.path.insert(0, str(p))
-    import features as bench  # bench/features.py
-
+    bench = bench_features()
     lake = a.out / f"c{a.size}_m{a.months}" / "lake"
     spec = bench.base_config().features
     first = bench.START + "-01"
@@ -108,11 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         return child(a)
 
-    for p in (ROOT, ROOT / "bench"):
-        if str(p) not in sys.path:
-            sys.path.insert(0, str(p))
-    import features as bench  # bench/features.py
-
+    bench = bench_features()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)")
         return 2

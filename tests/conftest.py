@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import textwrap
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 os.environ.setdefault("SEGPIPE_PSEUDONYMIZATION_KEY", "test-key-not-secret")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ORDERS_HEADER = "oid,cust,when,amt,email,cat\n"
 
@@ -25,6 +28,14 @@ def pytest_collection_modifyitems(session, config, items):
     """Long modules first (see :data:`LONG_MODULES`); the order within a module and of the others stays."""
     items.sort(key=lambda item: (LONG_MODULES.index(item.path.name) if item.path.name in LONG_MODULES
                                  else len(LONG_MODULES)))
+
+
+def load_bench_script(name: str):
+    """``bench/{name}.py`` as a module (the benchmark scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def write_project(root: Path, sources: dict, *, first_month: str = "2025-01", extra: dict | None = None) -> Path:

@@ -5,16 +5,13 @@ cachegrind run of two Python processes that differ by a known amount of work."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench_script
 
 # the shape of a cachegrind output file (valgrind 3.19, --cache-sim=no), shortened
 CACHEGRIND_OUT = """desc: I1 cache:         32768 B, 64 B, 8-way associative
@@ -33,10 +30,7 @@ summary: 10195856685
 
 @pytest.fixture(scope="module")
 def instr():
-    spec = importlib.util.spec_from_file_location("bench_instructions", ROOT / "bench" / "instructions.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("instructions")
 
 
 def test_the_count_is_the_summary_line_not_a_per_function_line(instr):

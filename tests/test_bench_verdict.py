@@ -3,21 +3,15 @@ process and from the median of several: the arithmetic that decides what the ben
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "bench" / "features.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench_script("features")
 
 
 def test_the_target_holds_only_when_wall_and_cpu_are_both_within_it(bench):
