@@ -73,9 +73,10 @@ def one_refresh(once: int, twice: int) -> int:
 def count(size: int, months: int, out: Path, month: str, times: int, stage: str, scratch: Path) -> int:
     """Instructions of a process that refreshes ``month`` ``times`` times, under cachegrind."""
     result = scratch / f"cg.{month}.{stage}.{times}.out"
+    # outputs under a folder of its own (stage, times; the month is a subfolder): processes run side by side
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={result}",
            sys.executable, str(HERE), "--child", month, "--times", str(times), "--stage", stage,
-           "--size", str(size), "--months", str(months), "--out", str(out), "--scratch", str(scratch / f"s{times}")]
+           "--size", str(size), "--months", str(months), "--out", str(out), "--scratch", str(scratch / f"s.{stage}.{times}")]
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
