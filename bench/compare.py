@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=16, help="refreshes of each month with each version")
     ap.add_argument("--out", type=Path, default=bench.DEFAULT_OUT, help="where bench/features.py kept the lake")
     a = ap.parse_args(argv)
-    lake = a.out / f"c{a.size}_m{a.months}" / "lake"
-    first = bench.START + "-01"
-    last = bench.month_key(bench.next_month(bench.month_start(bench.START), a.months - 1))
+    try:
+        lake, first, last = bench.kept_lake(a.out, a.size, a.months)
+    except FileNotFoundError as e:
+        print(e)
+        return 2
     keys = [first, last]
-    for k in keys:
-        if not bench.asset_path(lake, "customer_activity_daily", k).is_file():
-            print(f"no kept lake with {k[:7]} in {lake}: run bench/features.py --sizes {a.size} --keep first")
-            return 2
     spec = bench.base_config().features
     with tempfile.TemporaryDirectory(prefix="segpipe-compare-") as tmp:
         tmp = Path(tmp)

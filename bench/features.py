@@ -376,11 +376,28 @@ def refresh_figures(runs: list[dict]) -> dict[str, float]:
             "median_total": statistics.median(x["total"] for x in runs)}
 
 
+def size_dir(out: Path, customers: int, months: int) -> Path:
+    """The folder of one size's sample and lake under ``out``."""
+    return out / f"c{customers}_m{months}"
+
+
+def kept_lake(out: Path, customers: int, months: int) -> tuple[Path, str, str]:
+    """The lake an earlier ``--keep`` run of this size left under ``out``, with its first and last
+    month keys. FileNotFoundError, saying how to make it, when either month's rollup is missing."""
+    lake = size_dir(out, customers, months) / "lake"
+    first, last = START + "-01", month_key(next_month(month_start(START), months - 1))
+    for k in (first, last):
+        if not asset_path(lake, "customer_activity_daily", k).is_file():
+            raise FileNotFoundError(f"no kept lake with {k[:7]} in {lake}: "
+                                    f"run bench/features.py --sizes {customers} --keep first")
+    return lake, first, last
+
+
 def refresh_only(customers: int, months: int, out: Path, result_path: Path, repeat: int) -> None:
     """``--refresh-only``: time the single-month refreshes again on the lake of an earlier run of
     this size (a fresh process: between processes the ratio moves more than between the repeats of
     one) and write the best and least-cpu figures per month to ``result_path``."""
-    base = out / f"c{customers}_m{months}"
+    base = size_dir(out, customers, months)
     keys = month_range(START, month_key(next_month(month_start(START), months - 1)))
     runs, _, _ = time_refreshes(base / "lake", keys, base_config().features, repeat, base / "refresh-again")
     shutil.rmtree(base / "refresh-again", ignore_errors=True)
@@ -406,7 +423,7 @@ def _run_size(customers: int, months: int, out: Path, result_path: Path, repeat:
             raise StopAfter(phase)
 
     t_all = time.perf_counter()
-    base = out / f"c{customers}_m{months}"
+    base = size_dir(out, customers, months)
     sample, lake = base / "sample", base / "lake"
     reset_peak_rss()
     log(f"size {customers:,} customers x {months} months: sample in {sample}")

@@ -6,7 +6,7 @@ wall and cpu seconds. On a small shared VM the same code gives ratios from 1.35 
 processes (bench/RESULTS.md), the spread being as wide as the distance to the target. This script
 counts the instructions instead, with Valgrind's cachegrind (``--cache-sim=no``: the count only),
 the way SQLite tracks its performance: the count repeats to within a few parts in a thousand
-(the ratio to ±0.005).
+(the ratio to within 0.01).
 
 How: for each month, two fresh processes run under cachegrind on the lake of an earlier
 ``bench/features.py --keep`` run. One refreshes the month once, the other twice (rollup + snapshot
@@ -88,9 +88,8 @@ def count(size: int, months: int, out: Path, month: str, times: int, stage: str,
 def child(a: argparse.Namespace) -> int:
     """Refresh one month ``a.times`` times in this process (run under cachegrind by :func:`count`)."""
     bench = bench_features()
-    lake = a.out / f"c{a.size}_m{a.months}" / "lake"
+    lake, first, _ = bench.kept_lake(a.out, a.size, a.months)
     spec = bench.base_config().features
-    first = bench.START + "-01"
     for _ in range(a.times):
         out = a.scratch / a.child
         shutil.rmtree(out, ignore_errors=True)
@@ -120,13 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)")
         return 2
-    lake = a.out / f"c{a.size}_m{a.months}" / "lake"
-    first = bench.START + "-01"
-    last = bench.month_key(bench.next_month(bench.month_start(bench.START), a.months - 1))
-    for k in (first, last):
-        if not bench.asset_path(lake, "customer_activity_daily", k).is_file():
-            print(f"no kept lake with {k[:7]} in {lake}: run bench/features.py --sizes {a.size} --keep first")
-            return 2
+    try:
+        _, first, last = bench.kept_lake(a.out, a.size, a.months)
+    except FileNotFoundError as e:
+        print(e)
+        return 2
     stages = ["refresh", *(["rollup", "snapshot"] if a.by_stage else [])]
     jobs = [(k, s, n) for s in stages for k in (first, last) for n in (1, 2)]
     t0 = time.perf_counter()

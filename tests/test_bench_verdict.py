@@ -33,3 +33,17 @@ def test_ratios_per_process_pair_each_processes_own_months(bench):
     # the median of the processes, not the best of all months across processes (0.52 / 0.30 = 1.73)
     assert statistics.median(walls) == pytest.approx(1.5)
     assert bench.verdict(statistics.median(walls), statistics.median(cpus)) == "holds"
+
+
+def test_a_kept_lake_is_found_by_its_first_and_last_months_rollups(bench, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no kept lake with 2024-11 .* --sizes 500 --keep first"):
+        bench.kept_lake(tmp_path, 500, 3)
+    lake = bench.size_dir(tmp_path, 500, 3) / "lake"
+    for k in ("2024-11-01", "2025-01-01"):
+        path = bench.asset_path(lake, "customer_activity_daily", k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert bench.kept_lake(tmp_path, 500, 3) == (lake, "2024-11-01", "2025-01-01")
+    bench.asset_path(lake, "customer_activity_daily", "2025-01-01").unlink()
+    with pytest.raises(FileNotFoundError, match="no kept lake with 2025-01"):
+        bench.kept_lake(tmp_path, 500, 3)
